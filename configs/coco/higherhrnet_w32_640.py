@@ -1,0 +1,23 @@
+"""COCO HigherHRNet-W32 at 640x640 (official `experiments/coco/higher_hrnet/w32_640_adam_lr1e-3.yaml`).
+
+Train: python train.py --config=configs/coco/higherhrnet_w32_640.py --workdir=runs/coco_w32_640 \
+         --config.dataset.root=data/coco
+Eval:  python eval.py --config=configs/coco/higherhrnet_w32_640.py \
+         --checkpoint=pose_higher_hrnet_w32_640.pth --config.dataset.root=data/coco
+
+Global batch size: train.batch_size (all hosts and devices together). The official runs
+used 8 GPUs x IMAGES_PER_GPU; the value below is that product. LR: Adam 1e-3 at that
+global batch, x0.1 at epochs 200 and 260, 300 epochs; when changing the batch, keep
+train.lr or set train.scale_lr_with_batch=True for the linear rule
+lr * batch_size / reference_batch_size.
+"""
+
+from higherhrnet_jax import config as cfg
+
+
+def get_config():
+  c = cfg.base_config()
+  cfg.with_width(c, 32)
+  cfg.with_input_size(c, 640)
+  c.train.batch_size = c.train.reference_batch_size = 8 * 12
+  return c

@@ -1,0 +1,21 @@
+"""CrowdPose HigherHRNet-W32 at 512x512 (official `experiments/crowd_pose/higher_hrnet/w32_512_adam_lr1e-3.yaml`).
+
+Train: python train.py --config=configs/crowdpose/higherhrnet_w32_512.py --workdir=runs/crowdpose_w32_512 \
+         --config.dataset.root=data/crowd_pose
+Eval:  python eval.py --config=configs/crowdpose/higherhrnet_w32_512.py --checkpoint=<ckpt> \
+         --config.dataset.root=data/crowd_pose
+
+Global batch size: train.batch_size = 8 GPUs x IMAGES_PER_GPU of the official file.
+LR: Adam 1e-3, x0.1 at epochs 200 and 260, 300 epochs (linear scaling optional, see
+train.scale_lr_with_batch). Trained on trainval, evaluated on test.
+"""
+
+from higherhrnet_jax import config as cfg
+
+
+def get_config():
+  c = cfg.crowdpose(cfg.base_config())
+  cfg.with_width(c, 32)
+  cfg.with_input_size(c, 512)
+  c.train.batch_size = c.train.reference_batch_size = 8 * 12
+  return c

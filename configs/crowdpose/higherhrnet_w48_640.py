@@ -1,0 +1,21 @@
+"""CrowdPose HigherHRNet-W48 at 640x640 (official `experiments/crowd_pose/higher_hrnet/w48_640_adam_lr1e-3.yaml`).
+
+Train: python train.py --config=configs/crowdpose/higherhrnet_w48_640.py --workdir=runs/crowdpose_w48_640 \
+         --config.dataset.root=data/crowd_pose
+Eval:  python eval.py --config=configs/crowdpose/higherhrnet_w48_640.py --checkpoint=<ckpt> \
+         --config.dataset.root=data/crowd_pose
+
+Global batch size: train.batch_size = 8 GPUs x IMAGES_PER_GPU of the official file.
+LR: Adam 1e-3, x0.1 at epochs 200 and 260, 300 epochs (linear scaling optional, see
+train.scale_lr_with_batch). Trained on trainval, evaluated on test.
+"""
+
+from higherhrnet_jax import config as cfg
+
+
+def get_config():
+  c = cfg.crowdpose(cfg.base_config())
+  cfg.with_width(c, 48)
+  cfg.with_input_size(c, 640)
+  c.train.batch_size = c.train.reference_batch_size = 8 * 10
+  return c

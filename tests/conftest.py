@@ -1,0 +1,39 @@
+"""Shared test fixtures: paths to the official reference data, absl flags for grain."""
+
+import os
+import pathlib
+
+os.environ.setdefault('NUMBA_CACHE_DIR', str(pathlib.Path(__file__).parent.parent / '.numba_cache'))
+
+import pytest
+from absl import flags
+
+# grain's multiprocessing workers read absl flags; tests do not go through app.run.
+flags.FLAGS.mark_as_parsed()
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED = pathlib.Path(os.environ.get('HIGHERHRNET_SHARED', REPO.parent / 'shared'))
+FIXTURES = SHARED / 'fixtures' / 'official'
+COCO_SAMPLE = SHARED / 'data' / 'coco_sample'
+CROWDPOSE_SAMPLE = SHARED / 'data' / 'crowdpose_sample'
+
+
+@pytest.fixture(scope='session')
+def fixtures_dir() -> pathlib.Path:
+  if not FIXTURES.is_dir():
+    pytest.skip(f'official fixtures not found (set HIGHERHRNET_SHARED); looked in {FIXTURES}')
+  return FIXTURES
+
+
+@pytest.fixture(scope='session')
+def coco_sample_dir() -> pathlib.Path:
+  if not COCO_SAMPLE.is_dir():
+    pytest.skip('COCO sample data not found (set HIGHERHRNET_SHARED)')
+  return COCO_SAMPLE
+
+
+@pytest.fixture(scope='session')
+def crowdpose_sample_dir() -> pathlib.Path:
+  if not CROWDPOSE_SAMPLE.is_dir():
+    pytest.skip('CrowdPose sample data not found (set HIGHERHRNET_SHARED)')
+  return CROWDPOSE_SAMPLE

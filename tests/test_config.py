@@ -1,0 +1,46 @@
+import pathlib
+
+import pytest
+
+from higherhrnet_jax import config as cfg
+from higherhrnet_jax import keypoints
+
+CONFIGS = sorted((pathlib.Path(__file__).parent.parent / 'configs').rglob('*.py'))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_validates(path):
+  c = cfg.load_config(path)
+  assert c.model.num_joints == keypoints.spec_from_config(c.dataset.keypoints).num_joints
+  assert c.data.output_size[1] == 2 * c.data.output_size[0]
+
+
+def test_official_values_of_w32_512():
+  c = cfg.load_config('configs/coco/higherhrnet_w32_512.py')
+  assert c.model.stage4.num_channels == (32, 64, 128, 256)
+  assert c.model.stage3.num_modules == 4 and c.model.stage4.num_modules == 3
+  assert c.data.output_size == (128, 256) and c.data.max_num_people == 30
+  assert c.train.lr == 1e-3 and c.train.lr_step == (200, 260) and c.train.end_epoch == 300
+  assert c.loss.push_loss_factor == (0.001, 0.001) and c.model.with_ae_loss == (True, False)
+  assert c.test.nms_kernel == 5 and c.test.detection_threshold == 0.1
+
+
+def test_overrides_are_typed_and_unknown_keys_are_named():
+  c = cfg.load_config('configs/tiny.py', ['--config.train.lr=2e-3', 'test.scale_factor=[2,1,0.5]'])
+  assert c.train.lr == 2e-3 and tuple(c.test.scale_factor) == (2, 1, 0.5)
+  with pytest.raises(cfg.ConfigError, match='train.bogus'):
+    cfg.load_config('configs/tiny.py', ['train.bogus=1'])
+
+
+def test_validation_names_the_field():
+  with pytest.raises(cfg.ConfigError, match='data.input_size'):
+    cfg.load_config('configs/tiny.py', ['data.input_size=100'])
+  with pytest.raises(cfg.ConfigError, match='model.num_joints'):
+    cfg.load_config('configs/tiny.py', ['model.num_joints=14'])
+
+
+def test_keypoint_spec_checks_flip_index():
+  d = keypoints.COCO.to_config().to_dict()
+  d['flip_index'] = list(range(16)) + [0]
+  with pytest.raises(ValueError, match='flip_index'):
+    keypoints.spec_from_config(d)
