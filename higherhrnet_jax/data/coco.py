@@ -1,0 +1,396 @@
+"""Annotation sources for COCO keypoints and CrowdPose, and image decoding.
+
+A source reads one COCO-format annotation file (via pycocotools) and an image folder and
+gives, per image, what the official `CocoKeypoints` / `CrowdPoseKeypoints` compute before
+augmentation: the joints array (`get_joints`) and the loss mask (`get_mask`), plus the real
+image id from the annotation file (never parsed from the file name).
+
+Error policy:
+  * structural problems of the annotation file (not JSON, missing or mistyped fields, wrong
+    keypoint count, unknown image ids, duplicate ids) raise :class:`AnnotationError` at
+    construction, naming the file and the record;
+  * content that the official code tolerates is kept and counted in `stats` (keypoints
+    outside the image: the target generators skip them anyway); polygons with fewer than 3
+    points, which pycocotools cannot rasterize as polygons, are dropped and counted;
+  * per-image problems (missing, undecodable or wrongly sized image) raise
+    :class:`CorruptImageError` so the loader can skip, count and log the sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import coco as coco_api
+from pycocotools import mask as mask_api
+
+_log = logging.getLogger(__name__)
+
+# The official reader ignores EXIF orientation: annotations refer to the stored pixels.
+IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+class AnnotationError(ValueError):
+  """A structural problem in an annotation file; the message names file and record."""
+
+
+class CorruptImageError(ValueError):
+  """An image that cannot be used (undecodable, empty, wrong size). Loaders skip these."""
+
+
+class MissingImageError(CorruptImageError, FileNotFoundError):
+  """The image file does not exist (a :class:`CorruptImageError`, so one `except` skips both)."""
+
+
+def decode_image(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview | np.ndarray,
+                 ) -> np.ndarray:
+  """Decodes an image to `[H, W, 3]` uint8 RGB exactly as the official reader.
+
+  `cv2.imread(IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)` then BGR -> RGB: grayscale is
+  replicated to 3 channels, alpha is dropped, CMYK JPEGs are converted by libjpeg, 16-bit
+  PNGs are scaled to 8 bits, and EXIF rotation is not applied.
+
+  Args:
+    path_or_bytes: a file path or the encoded file content.
+
+  Returns:
+    `[H, W, 3]` uint8 RGB.
+
+  Raises:
+    MissingImageError: the path does not exist.
+    CorruptImageError: the content cannot be decoded.
+  """
+  if isinstance(path_or_bytes, (str, os.PathLike)):
+    name = os.fspath(path_or_bytes)
+    try:
+      with open(name, 'rb') as f:
+        data = f.read()
+    except FileNotFoundError as e:
+      raise MissingImageError(f'image file not found: {name}') from e
+    except OSError as e:
+      raise CorruptImageError(f'cannot read image file {name}: {e}') from e
+  else:
+    name = '<bytes>'
+    data = path_or_bytes
+  buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+  if buf.dtype != np.uint8:
+    raise CorruptImageError(f'encoded image {name} must be uint8 bytes, got {buf.dtype}')
+  if buf.size == 0:
+    raise CorruptImageError(f'image {name} is empty (0 bytes)')
+  try:
+    img = cv2.imdecode(buf, IMREAD_FLAGS)
+  except cv2.error as e:
+    raise CorruptImageError(f'cannot decode image {name}: {e}') from e
+  if img is None or img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
+    raise CorruptImageError(f'cannot decode image {name} ({buf.size} bytes)')
+  if img.dtype != np.uint8:  # IMREAD_COLOR already gives 8 bits; keep the contract explicit.
+    raise CorruptImageError(f'image {name} decoded to {img.dtype}, expected uint8')
+  return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+  """One image record of the annotation file."""
+
+  image_id: int
+  file_name: str
+  height: int
+  width: int
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class KeypointSource:
+  """Per-image joints and loss masks from a COCO-format keypoint annotation file.
+
+  Args:
+    annotation_file: the JSON file (COCO `person_keypoints_*.json`, CrowdPose
+      `crowdpose_*.json`).
+    image_dir: folder holding the images named by `file_name`.
+    num_joints: K; every used annotation must have `3 * K` keypoint numbers.
+    train: training filter of the official code (keep images with at least one
+      annotation of any kind); evaluation keeps every image.
+    mask_from_segmentation: COCO masks crowd regions and people without keypoints from
+      their segmentation; CrowdPose has no segmentation and the official mask is all True.
+    scale_aware_sigma, base_size, base_sigma, int_sigma: the official
+      `DATASET.SCALE_AWARE_SIGMA` option: joints get a 4th column, the person's sigma
+      `max(bbox w, h) / base_size * base_sigma` (with `int_sigma`, `int(round(s + 0.5))`).
+  """
+
+  def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
+               num_joints: int, *, train: bool = True, mask_from_segmentation: bool = True,
+               scale_aware_sigma: bool = False, base_size: float = 256, base_sigma: float = 2.0,
+               int_sigma: bool = False):
+    self.annotation_file = pathlib.Path(annotation_file)
+    self.image_dir = pathlib.Path(image_dir)
+    self.num_joints = int(num_joints)
+    self.train = train
+    self.mask_from_segmentation = mask_from_segmentation
+    self.scale_aware_sigma = scale_aware_sigma
+    self.base_size = float(base_size)
+    self.base_sigma = float(base_sigma)
+    self.int_sigma = int_sigma
+    self.stats = {'keypoints_outside_image': 0, 'dropped_polygons': 0}
+    data = self._read_json()
+    self._validate(data)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+      self.coco = coco_api.COCO()
+      self.coco.dataset = data
+      self.coco.createIndex()
+    ids = list(self.coco.imgs.keys())
+    if train:
+      ids = [i for i in ids if len(self.coco.getAnnIds(imgIds=i, iscrowd=None)) > 0]
+    self.ids: list[int] = ids
+    if self.stats['keypoints_outside_image']:
+      _log.warning('%s: %d labelled keypoints lie outside their image (kept, as the official '
+                   'code does; targets skip them)', self.annotation_file,
+                   self.stats['keypoints_outside_image'])
+
+  # ------------------------------------------------------------------ validation
+
+  def _read_json(self) -> dict:
+    if not self.annotation_file.is_file():
+      raise FileNotFoundError(f'annotation file not found: {self.annotation_file}')
+    try:
+      with open(self.annotation_file, 'rb') as f:
+        data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise AnnotationError(f'{self.annotation_file}: not valid JSON ({e})') from e
+    return data
+
+  def _fail(self, where: str, message: str) -> None:
+    raise AnnotationError(f'{self.annotation_file}: {where}: {message}')
+
+  def _validate(self, data: Any) -> None:
+    if not isinstance(data, dict):
+      self._fail('top level', 'expected a JSON object')
+    for key in ('images', 'annotations'):
+      if not isinstance(data.get(key), list):
+        self._fail('top level', f'missing or non-list field {key!r}')
+    sizes: dict[int, tuple[int, int, int]] = {}
+    for i, img in enumerate(data['images']):
+      where = f'images[{i}]'
+      if not isinstance(img, dict):
+        self._fail(where, 'expected an object')
+      where = f'images[{i}] (id={img.get("id")!r})'
+      if not _is_int(img.get('id')):
+        self._fail(where, "field 'id' must be an integer")
+      if not isinstance(img.get('file_name'), str) or not img['file_name']:
+        self._fail(where, "field 'file_name' must be a non-empty string")
+      for f in ('height', 'width'):
+        if not _is_int(img.get(f)) or img[f] <= 0:
+          self._fail(where, f'field {f!r} must be a positive integer')
+      if img['id'] in sizes:
+        self._fail(where, f'duplicate image id {img["id"]} (first at images[{sizes[img["id"]][0]}])')
+      sizes[img['id']] = (i, img['height'], img['width'])
+    seen: dict[Any, int] = {}
+    k = self.num_joints
+    for i, ann in enumerate(data['annotations']):
+      if not isinstance(ann, dict):
+        self._fail(f'annotations[{i}]', 'expected an object')
+      where = f'annotations[{i}] (id={ann.get("id")!r})'
+      if not _is_int(ann.get('id')):
+        self._fail(where, "field 'id' must be an integer")
+      if ann['id'] in seen:
+        self._fail(where, f'duplicate annotation id {ann["id"]} (first at annotations[{seen[ann["id"]]}])')
+      seen[ann['id']] = i
+      if ann.get('image_id') not in sizes:
+        self._fail(where, f'image_id {ann.get("image_id")!r} is not in images')
+      iscrowd = ann.get('iscrowd', 0)
+      if iscrowd not in (0, 1) or isinstance(iscrowd, float):
+        self._fail(where, f"field 'iscrowd' must be 0 or 1, got {iscrowd!r}")
+      ann.setdefault('iscrowd', 0)
+      nk = ann.get('num_keypoints')
+      kps = ann.get('keypoints')
+      if nk is None and isinstance(kps, list):
+        nk = ann['num_keypoints'] = int(sum(1 for v in kps[2::3] if _is_num(v) and v > 0))
+      if not _is_int(nk) or nk < 0:
+        self._fail(where, f"field 'num_keypoints' must be a non-negative integer, got {nk!r}")
+      _, h, w = sizes[ann['image_id']]
+      if iscrowd == 0 or nk > 0:
+        if not isinstance(kps, list) or len(kps) != 3 * k:
+          n = len(kps) if isinstance(kps, list) else type(kps).__name__
+          self._fail(where, f"field 'keypoints' must be a list of {3 * k} numbers ({k} joints), got {n}")
+        if not all(_is_num(v) for v in kps):
+          self._fail(where, "field 'keypoints' holds a non-finite or non-numeric value")
+        if self.scale_aware_sigma:
+          box = ann.get('bbox')
+          if not (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)
+                  and max(box[2], box[3]) > 0):
+            self._fail(where, "scale-aware sigma needs a 'bbox' [x, y, w, h] with w or h > 0")
+        kp = np.asarray(kps, np.float64).reshape(k, 3)
+        lab = kp[:, 2] > 0
+        out = (kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] >= w) | (kp[:, 1] >= h)
+        self.stats['keypoints_outside_image'] += int((lab & out).sum())
+      if self.mask_from_segmentation and (iscrowd or nk == 0):
+        ann['segmentation'] = self._check_segmentation(where, ann.get('segmentation'), h, w)
+
+  def _check_segmentation(self, where: str, seg: Any, h: int, w: int) -> Any:
+    """Validates a segmentation; drops polygons pycocotools cannot rasterize as polygons."""
+    if isinstance(seg, dict):
+      if 'counts' not in seg or 'size' not in seg:
+        self._fail(where, "RLE segmentation needs 'counts' and 'size'")
+      if list(seg['size']) != [h, w]:
+        self._fail(where, f'RLE size {seg["size"]} != image size [{h}, {w}]')
+      return seg
+    if not isinstance(seg, list):
+      self._fail(where, f"field 'segmentation' must be polygons or RLE, got {type(seg).__name__}")
+    kept = []
+    for j, poly in enumerate(seg):
+      if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+        self._fail(where, f'segmentation[{j}] is not a list of finite numbers')
+      # Fewer than 3 points (or an odd count) is not a polygon; pycocotools would even read a
+      # 4-number first entry as a box. A zero-area polygon rasterizes to nothing and is kept.
+      if len(poly) < 6 or len(poly) % 2:
+        self.stats['dropped_polygons'] += 1
+        _log.warning('%s: %s: segmentation[%d] has %d numbers, not a polygon; dropped',
+                     self.annotation_file, where, j, len(poly))
+        continue
+      kept.append(poly)
+    return kept
+
+  # ------------------------------------------------------------------ access
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def info(self, index: int) -> ImageInfo:
+    img = self.coco.imgs[self.ids[index]]
+    return ImageInfo(int(img['id']), img['file_name'], int(img['height']), int(img['width']))
+
+  def image_path(self, index: int) -> pathlib.Path:
+    return self.image_dir / self.coco.imgs[self.ids[index]]['file_name']
+
+  def annotations(self, index: int) -> list[dict]:
+    """All annotations of the image (any category, crowd included), in file order."""
+    return self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.ids[index]))
+
+  def joints(self, index: int) -> np.ndarray:
+    """Official `get_joints`: `[N, K, 3]` float64 (x, y, v), `[N, K, 4]` with scale-aware sigma.
+
+    People are the annotations with `iscrowd == 0 or num_keypoints > 0`, in file order;
+    keypoint-less people are all-zero rows.
+    """
+    anns = [a for a in self.annotations(index) if a['iscrowd'] == 0 or a['num_keypoints'] > 0]
+    k = self.num_joints
+    joints = np.zeros((len(anns), k, 4 if self.scale_aware_sigma else 3))
+    for i, a in enumerate(anns):
+      joints[i, :, :3] = np.asarray(a['keypoints'], np.float64).reshape(k, 3)
+      if self.scale_aware_sigma:
+        box = a['bbox']
+        sigma = max(box[2], box[3]) / self.base_size * self.base_sigma
+        if self.int_sigma:
+          sigma = int(np.round(sigma + 0.5))
+        joints[i, :, 3] = sigma
+    return joints
+
+  def mask(self, index: int) -> np.ndarray:
+    """Official `get_mask`: `[H, W]` bool, False on crowd regions and keypoint-less people."""
+    info = self.info(index)
+    h, w = info.height, info.width
+    covered = np.zeros((h, w), bool)
+    if not self.mask_from_segmentation:
+      return ~covered
+    for a in self.annotations(index):
+      if not (a['iscrowd'] or a['num_keypoints'] == 0):
+        continue
+      seg = a['segmentation']
+      if isinstance(seg, dict):
+        rle = dict(seg)
+        if isinstance(rle['counts'], str):
+          rle['counts'] = rle['counts'].encode('ascii')
+        if not isinstance(rle['counts'], bytes):
+          rle = mask_api.frPyObjects(rle, h, w)
+        covered |= mask_api.decode(rle).astype(bool)
+      else:
+        for poly in seg:  # one polygon at a time: the official sums them, m < 0.5 is an OR
+          covered |= mask_api.decode(mask_api.frPyObjects([poly], h, w))[:, :, 0].astype(bool)
+    return ~covered
+
+  def load_image(self, index: int) -> np.ndarray:
+    """Decodes the image (`[H, W, 3]` uint8 RGB); its size must match the annotation file."""
+    path = self.image_path(index)
+    img = decode_image(path)
+    info = self.info(index)
+    if img.shape[:2] != (info.height, info.width):
+      raise CorruptImageError(f'{path}: decoded size {img.shape[1]}x{img.shape[0]} (w x h) != '
+                              f'{info.width}x{info.height} in {self.annotation_file} '
+                              f'(image id {info.image_id})')
+    return img
+
+  def train_example(self, index: int) -> dict[str, Any]:
+    """Raw training inputs: 'image' uint8 RGB, 'joints', 'mask' bool, 'image_id'."""
+    return {'image': self.load_image(index), 'joints': self.joints(index),
+            'mask': self.mask(index), 'image_id': self.info(index).image_id}
+
+  def eval_example(self, index: int) -> dict[str, Any]:
+    """Evaluation input: the whole decoded image and its id, no augmentation."""
+    return {'image': self.load_image(index), 'image_id': self.info(index).image_id}
+
+
+def coco_source(annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
+                num_joints: int = 17, **kwargs: Any) -> KeypointSource:
+  """COCO keypoints (masks from crowd / keypoint-less segmentations)."""
+  return KeypointSource(annotation_file, image_dir, num_joints, mask_from_segmentation=True,
+                        **kwargs)
+
+
+def crowdpose_source(annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
+                     num_joints: int = 14, **kwargs: Any) -> KeypointSource:
+  """CrowdPose (no segmentations: the official mask is all True)."""
+  return KeypointSource(annotation_file, image_dir, num_joints, mask_from_segmentation=False,
+                        **kwargs)
+
+
+def split_paths(config: Any, split: str) -> tuple[pathlib.Path, pathlib.Path]:
+  """Annotation file and image folder of a split, as laid out by the official code.
+
+  COCO: `root/annotations/person_keypoints_{split}.json`, `root/images/{split}/`;
+  CrowdPose: `root/json/crowdpose_{split}.json`, `root/images/`. The explicit
+  `dataset.{train,test}_{annotations,images}` fields override these.
+  """
+  d = config.dataset
+  root = pathlib.Path(d.root)
+  is_train = split == d.train_split
+  ann = d.train_annotations if is_train else d.test_annotations
+  img = d.train_images if is_train else d.test_images
+  if d.name == 'crowdpose':
+    default_ann, default_img = root / 'json' / f'crowdpose_{split}.json', root / 'images'
+  else:
+    default_ann = root / 'annotations' / f'person_keypoints_{split}.json'
+    default_img = root / 'images' / split
+  return pathlib.Path(ann) if ann else default_ann, pathlib.Path(img) if img else default_img
+
+
+def source_from_config(config: Any, train: bool = True,
+                       split: str | None = None) -> KeypointSource:
+  """The source of the configured dataset (`dataset.train_split` or `dataset.test_split`)."""
+  d = config.dataset
+  split = split or (d.train_split if train else d.test_split)
+  ann, img = split_paths(config, split)
+  kwargs = dict(train=train, scale_aware_sigma=bool(config.data.scale_aware_sigma),
+                base_size=config.data.base_size, base_sigma=config.data.base_sigma,
+                int_sigma=bool(config.data.int_sigma))
+  make = crowdpose_source if d.name == 'crowdpose' else coco_source
+  return make(ann, img, int(config.model.num_joints), **kwargs)
+
+
+def image_ids(source: KeypointSource) -> Sequence[int]:
+  """Real image ids in dataset order."""
+  return list(source.ids)
