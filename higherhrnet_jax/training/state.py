@@ -1,0 +1,94 @@
+"""The training state: a plain pytree, so it can be jitted, sharded and checkpointed.
+
+The model and the optimizer are not stored in it (they are static and passed to
+`make_train_step`), which keeps the state exactly what a checkpoint needs to hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from higherhrnet_jax.training import sharding as sharding_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training.
+
+  Attributes:
+    step: int32 scalar, number of `train_step` calls done (micro-steps when
+      accumulating gradients).
+    params: float32 parameters.
+    batch_stats: BatchNorm running statistics.
+    opt_state: optax state.
+    rng: base PRNG key (raw uint32[2]); per-step keys are `fold_in(rng, step)`.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
+  """`model.init` on zeros of `input_shape` ([B, H, W, 3]) in eval mode."""
+  variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    input_shape: tuple[int, ...],
+    mesh: Mesh,
+    shard_params: bool = False,
+) -> tuple[TrainState, Any]:
+  """Creates the state directly in its final sharding (`eval_shape` + sharded init).
+
+  Args:
+    model: flax module with the HigherHRNet contract.
+    tx: optimizer.
+    rng: PRNG key; split into an init key and the state's base key.
+    input_shape: `[B, H, W, 3]` used to trace init (B = 1 is enough).
+    mesh: the training mesh.
+    shard_params: FSDP-style sharding of params and optimizer state.
+
+  Returns:
+    `(state, shardings)`, `shardings` being the TrainState-shaped tree of NamedShardings.
+  """
+  init_rng, state_rng = jax.random.split(rng)
+
+  def init_fn(init_rng, state_rng):
+    variables = init_variables(model, init_rng, (1,) + tuple(input_shape[1:]))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables['params'],
+        batch_stats=variables['batch_stats'],
+        opt_state=tx.init(variables['params']),
+        rng=state_rng,
+    )
+
+  abstract = jax.eval_shape(init_fn, init_rng, state_rng)
+  shardings = sharding_lib.state_shardings(abstract, mesh, shard_params)
+  state = jax.jit(init_fn, out_shardings=shardings)(init_rng, state_rng)
+  return state, shardings
+
+
+def abstract_state(state_or_fn: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying shardings: the restore target of a checkpoint."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_fn, shardings
+  )
+
+
+def param_count(params: Any) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

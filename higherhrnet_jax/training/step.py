@@ -1,0 +1,130 @@
+"""The pure, jitted training step.
+
+BatchNorm statistics -- what the step computes:
+  * default (`config.train.per_device_batch_norm = False`): the step is one SPMD program
+    over the global batch, so BatchNorm normalises with the mean/variance of the **whole
+    global batch** (XLA inserts the cross-device reductions). This is SyncBN: results do
+    not depend on how many devices share the batch (8 devices == 1 device, to float32
+    rounding).
+  * `per_device_batch_norm = True`: the loss and gradients are computed inside
+    `jax.shard_map` on each device's slice, so BatchNorm normalises with **per-device**
+    statistics, as the official multi-GPU trainer does (each GPU normalises its own 12
+    images). Gradients, loss terms and the updated running statistics are then averaged
+    over devices (officially only GPU 0's running statistics are kept; the average keeps
+    every replica identical). With one device both modes are the same computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from higherhrnet_jax import losses
+from higherhrnet_jax.training import sharding as sharding_lib
+from higherhrnet_jax.training.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def loss_and_grads(
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    params: Any,
+    batch_stats: Any,
+    batch: Batch,
+    rng: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array], Any, Any]:
+  """Train-mode forward, loss and parameter gradients on one batch.
+
+  Returns:
+    `(total, terms, new_batch_stats, grads)`.
+  """
+
+  def loss_fn(params):
+    outputs, mutated = model.apply(
+        {'params': params, 'batch_stats': batch_stats},
+        batch['image'],
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': rng},
+    )
+    total, terms = losses.multi_loss(outputs, batch, config)
+    return total, (terms, mutated['batch_stats'])
+
+  (total, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return total, terms, new_stats, grads
+
+
+def _per_device(model, config, mesh: Mesh):
+  """`loss_and_grads` on each device's slice, averaged over 'data' (official per-GPU BN)."""
+  axis = sharding_lib.DATA_AXIS
+
+  def local(params, batch_stats, batch, rng):
+    total, terms, new_stats, grads = loss_and_grads(model, config, params, batch_stats, batch, rng)
+    return jax.lax.pmean((total, terms, new_stats, grads), axis)
+
+  return jax.shard_map(
+      local, mesh=mesh, in_specs=(P(), P(), P(axis), P()), out_specs=P(), check_vma=False
+  )
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    state_shardings: Any,
+    schedule: optax.Schedule | None = None,
+) -> StepFn:
+  """Builds `train_step(state, batch, rng) -> (state, metrics)`, jitted and donating `state`.
+
+  Args:
+    model: flax module with the HigherHRNet output contract.
+    tx: optimizer (possibly `optax.MultiSteps`).
+    config: full config (loss and `train.*`).
+    mesh: training mesh; the batch is sharded `P('data')`.
+    state_shardings: TrainState-shaped shardings from `create_train_state`.
+    schedule: LR schedule of the update count, only for the 'lr' metric.
+
+  Returns:
+    The jitted step. `metrics` holds 'loss', each loss term (batch means), 'grad_norm'
+    and 'lr' (the LR of the update this step contributes to), all replicated scalars.
+  """
+  accum = int(config.train.grad_accum_steps)
+  if config.train.per_device_batch_norm:
+    compute = _per_device(model, config, mesh)
+  else:
+    compute = lambda p, s, b, r: loss_and_grads(model, config, p, s, b, r)
+
+  def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+    total, terms, new_stats, grads = compute(state.params, state.batch_stats, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': total, **terms, 'grad_norm': optax.global_norm(grads)}
+    if schedule is not None:
+      metrics['lr'] = jnp.asarray(schedule(state.step // accum), jnp.float32)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+  rep = sharding_lib.replicated(mesh)
+  return jax.jit(
+      train_step,
+      in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh), rep),
+      out_shardings=(state_shardings, rep),
+      donate_argnums=0,
+  )
+
+
+def step_rng(state_rng: jax.Array, step: int | jax.Array) -> jax.Array:
+  """The per-step key: a pure function of the base key and the step (resume-safe)."""
+  return jax.random.fold_in(state_rng, step)

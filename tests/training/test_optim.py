@@ -1,0 +1,67 @@
+"""Optimizer and LR schedule from the config."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from higherhrnet_jax import config as config_lib
+from higherhrnet_jax.training import optim
+
+
+def _cfg(**train):
+  c = config_lib.base_config()
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def test_official_step_decay_at_epochs_200_260():
+  c = _cfg()
+  spe = optim.steps_per_epoch(c, 1000 * 96 + 50)  # partial last batch dropped
+  assert spe == 1000
+  sched = optim.learning_rate_schedule(c, spe)
+  lrs = [float(sched(e * spe + d)) for e, d in ((0, 0), (199, 999), (200, 0), (259, 999), (260, 0))]
+  np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-4, 1e-5], rtol=1e-6)
+  assert optim.total_updates(c, spe) == 300 * 1000
+
+
+def test_linear_lr_scaling_and_accumulation_define_effective_batch():
+  c = _cfg(batch_size=48, grad_accum_steps=4, scale_lr_with_batch=True)
+  assert optim.effective_batch_size(c) == 192
+  assert optim.base_learning_rate(c) == pytest.approx(2e-3)
+  assert optim.steps_per_epoch(c, 1920) == 10
+  c.train.scale_lr_with_batch = False
+  assert optim.base_learning_rate(c) == pytest.approx(1e-3)
+
+
+def test_warmup_ramps_then_keeps_epoch_boundaries():
+  c = _cfg(warmup_epochs=1.0)
+  sched = optim.learning_rate_schedule(c, 10)
+  np.testing.assert_allclose(float(sched(0)), 1e-4, rtol=1e-6)
+  assert float(sched(5)) < 1e-3
+  np.testing.assert_allclose(float(sched(10)), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(1999)), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(2000)), 1e-4, rtol=1e-6)
+
+
+def test_adam_matches_textbook_update_and_clip_and_accumulation():
+  params = {'w': jnp.array([1.0, -2.0])}
+  grads = {'w': jnp.array([3.0, 4.0])}
+  c = _cfg(lr=0.1)
+  tx, _ = optim.make_optimizer(c, 100)
+  upd, _ = tx.update(grads, tx.init(params), params)
+  # First Adam step moves every coordinate by lr * g / (|g| + eps) = lr * sign(g).
+  np.testing.assert_allclose(upd['w'], [-0.1, -0.1], rtol=2e-5)  # float32 bias correction
+  c = _cfg(lr=0.1, optimizer='sgd', momentum=0.0, wd=0.0, grad_clip_norm=1.0)
+  tx, _ = optim.make_optimizer(c, 100)
+  upd, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(upd['w'], [-0.06, -0.08], rtol=1e-6)  # clipped to norm 1
+  c = _cfg(lr=0.1, optimizer='sgd', momentum=0.0, wd=0.0, grad_accum_steps=2)
+  tx, _ = optim.make_optimizer(c, 100)
+  s = tx.init(params)
+  upd, s = tx.update(grads, s, params)
+  np.testing.assert_array_equal(upd['w'], [0.0, 0.0])  # first micro-step: no update
+  upd, s = tx.update({'w': jnp.array([1.0, 0.0])}, s, params)
+  np.testing.assert_allclose(upd['w'], [-0.2, -0.2], rtol=1e-6)  # mean of the two grads
