@@ -1,0 +1,466 @@
+"""Bottom-up grouping: NMS and top-k on device, associative-embedding tag matching on host.
+
+Reproduces the official `HeatmapParser.parse` (top-k, `match_by_tag`, `adjust`, `refine`)
+exactly, so results computed from official checkpoints keep official AP:
+
+* NMS + top-k (`nms_top_k`) is a jittable JAX function: a max pool with implicit -inf
+  padding keeps local maxima, then the `max_num_people` best positions of every joint map.
+* Everything that loops (tag matching with the Hungarian assignment, adjust, refine) is
+  compiled with numba and works on plain arrays. The assignment is a literal port of
+  munkres 1.1.4 (see `munkres.py`), because the rounded cost matrices are full of ties and
+  any other solver picks different optima, hence different people.
+
+Arithmetic follows the official NumPy code: tag distances of the matching in float64
+against float32 group means; group means and refine in float32; scores as NumPy's float32
+pairwise mean. Coordinates are heatmap pixels (x = column, y = row).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numba
+import numpy as np
+
+from higherhrnet_jax.inference import munkres
+
+# Status codes of the host matcher (anything else is a munkres status).
+_OK = 0
+
+# Padding cost of the official matcher for detections beyond the number of groups.
+_PAD_COST = 1e10
+
+
+# ----------------------------------------------------------------------------- device part
+
+
+def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding: int = 2,
+              k: int = 30) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Max-pool NMS and per-joint top-k (official `HeatmapParser.top_k`).
+
+  Args:
+    heatmaps: [H, W, K] (or [B, H, W, K]) detection maps.
+    tags: [H, W, K, T] (or [B, H, W, K, T]) tag maps.
+    kernel: NMS window (`test.nms_kernel`), stride 1.
+    padding: NMS padding (`test.nms_padding`); must keep the map size (2 * padding + 1 ==
+      kernel), as the official code multiplies the pooled map with the input.
+    k: number of candidates per joint (`data.max_num_people`; capped at H * W).
+
+  Returns:
+    val_k [..., K, k] (descending per joint; non-maxima count as 0), loc_k [..., K, k, 2]
+    int32 (x, y), tag_k [..., K, k, T].
+  """
+  if heatmaps.ndim == 4:
+    fn = functools.partial(nms_top_k, kernel=kernel, padding=padding, k=k)
+    return jax.vmap(fn)(heatmaps, tags)
+  if 2 * padding + 1 != kernel:
+    raise ValueError(f'test.nms_kernel={kernel} and test.nms_padding={padding} change the map '
+                     'size; need nms_kernel == 2 * nms_padding + 1')
+  h, w, nj = heatmaps.shape
+  nt = tags.shape[-1]
+  k = min(k, h * w)
+  neg_inf = jnp.array(-jnp.inf, heatmaps.dtype)
+  pooled = jax.lax.reduce_window(heatmaps, neg_inf, jax.lax.max, (kernel, kernel, 1),
+                                 (1, 1, 1), ((padding, padding), (padding, padding), (0, 0)))
+  # Multiply (not select) as the official code does: negative non-maxima become -0.
+  kept = heatmaps * (pooled == heatmaps).astype(heatmaps.dtype)
+  val_k, ind = jax.lax.top_k(kept.reshape(h * w, nj).T, k)
+  tag_k = tags.reshape(h * w, nj, nt)[ind, jnp.arange(nj)[:, None]]
+  loc_k = jnp.stack([ind % w, ind // w], axis=-1).astype(jnp.int32)
+  return val_k, loc_k, tag_k
+
+
+_nms_top_k_jit = jax.jit(nms_top_k, static_argnames=('kernel', 'padding', 'k'))
+
+
+# ------------------------------------------------------------------- NumPy-order float sums
+
+
+@numba.njit(cache=True)
+def _pairwise_sum(a, lo, n):
+  """NumPy's pairwise summation of a[lo:lo+n] in the array's dtype (umath `pairwise_sum`)."""
+  if n < 8:
+    res = a[lo] - a[lo]  # a zero of the array's dtype
+    for i in range(n):
+      res += a[lo + i]
+    return res
+  if n <= 128:
+    r0 = a[lo]
+    r1 = a[lo + 1]
+    r2 = a[lo + 2]
+    r3 = a[lo + 3]
+    r4 = a[lo + 4]
+    r5 = a[lo + 5]
+    r6 = a[lo + 6]
+    r7 = a[lo + 7]
+    i = 8
+    stop = n - n % 8
+    while i < stop:
+      r0 += a[lo + i]
+      r1 += a[lo + i + 1]
+      r2 += a[lo + i + 2]
+      r3 += a[lo + i + 3]
+      r4 += a[lo + i + 4]
+      r5 += a[lo + i + 5]
+      r6 += a[lo + i + 6]
+      r7 += a[lo + i + 7]
+      i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+      res += a[lo + i]
+      i += 1
+    return res
+  n2 = n // 2
+  n2 -= n2 % 8
+  return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
+
+
+@numba.njit(cache=True)
+def _mean_rows_f32(rows, n, out):
+  """`np.mean(list_of_n_float32_vectors, axis=0)` into out [T].
+
+  NumPy reduces an [n, T] float32 array over axis 0 row after row for T > 1, but for T == 1
+  the reduction runs along the contiguous axis with pairwise summation.
+  """
+  nt = rows.shape[1]
+  if nt == 1:
+    col = np.empty(n, np.float32)
+    for i in range(n):
+      col[i] = rows[i, 0]
+    out[0] = np.float32(_pairwise_sum(col, 0, n) / np.float32(n))
+    return
+  for t in range(nt):
+    s = np.float32(0.0)
+    for i in range(n):
+      s = np.float32(s + rows[i, t])
+    out[t] = np.float32(s / np.float32(n))
+
+
+@numba.njit(cache=True)
+def _sum_squares(diff):
+  """Sum over the last (contiguous) axis as NumPy does: sequential below 8 terms."""
+  if diff.shape[0] < 8:
+    s = diff[0] - diff[0]
+    for t in range(diff.shape[0]):
+      s += diff[t] * diff[t]
+    return s
+  sq = diff * diff
+  return _pairwise_sum(sq, 0, sq.shape[0])
+
+
+# ---------------------------------------------------------------------------- tag matching
+
+
+@numba.njit(cache=True)
+def _set_group(poses, keys, tag_store, tag_count, ng, key, idx, val, x, y, tag):
+  """`joint_dict.setdefault(key, zeros)[idx] = joint; tag_dict[key] = [tag]`; returns ng."""
+  g = ng
+  for i in range(ng):
+    if keys[i] == key:
+      g = i
+      break
+  if g == ng:
+    poses[g, :, :] = 0
+    keys[g] = key
+    ng += 1
+  poses[g, idx, 0] = x
+  poses[g, idx, 1] = y
+  poses[g, idx, 2] = val
+  poses[g, idx, 3:] = tag
+  tag_store[g, 0, :] = tag
+  tag_count[g] = 1
+  return ng
+
+
+@numba.njit(cache=True)
+def _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold, tag_threshold,
+                  use_detection_val, ignore_too_much, max_num_people):
+  """Official `match_by_tag` on one image; returns (poses [P, K, 3+T] float32, status)."""
+  nj, m = val_k.shape
+  nt = tag_k.shape[2]
+  cap = nj * m
+  poses = np.zeros((cap, nj, 3 + nt), np.float32)
+  keys = np.zeros(cap, np.float32)
+  tag_store = np.zeros((cap, 2 * nj + 2, nt), np.float32)
+  tag_count = np.zeros(cap, np.int64)
+  ng = 0
+  sel = np.empty(m, np.int64)
+  means = np.empty((max_num_people, nt), np.float32)
+  diff = np.empty(nt, np.float64)
+  for i in range(nj):
+    idx = joint_order[i]
+    na = 0
+    for c in range(m):
+      if np.float64(val_k[idx, c]) > detection_threshold:
+        sel[na] = c
+        na += 1
+    if na == 0:
+      continue
+    if i == 0 or ng == 0:
+      for a in range(na):
+        c = sel[a]
+        ng = _set_group(poses, keys, tag_store, tag_count, ng, tag_k[idx, c, 0], idx,
+                        val_k[idx, c], loc_k[idx, c, 0], loc_k[idx, c, 1], tag_k[idx, c])
+      continue
+    ngr = min(ng, max_num_people)
+    if ignore_too_much and ngr == max_num_people:
+      continue
+    for g in range(ngr):
+      _mean_rows_f32(tag_store[g], tag_count[g], means[g])
+    dist = np.empty((na, ngr), np.float64)
+    cost = np.full((na, max(na, ngr)), _PAD_COST)
+    for a in range(na):
+      c = sel[a]
+      for g in range(ngr):
+        for t in range(nt):
+          diff[t] = np.float64(tag_k[idx, c, t]) - np.float64(means[g, t])
+        d = np.sqrt(_sum_squares(diff))
+        dist[a, g] = d
+        if use_detection_val:
+          cost[a, g] = np.rint(d) * 100.0 - np.float64(val_k[idx, c])
+        else:
+          cost[a, g] = d
+    pairs, status = munkres.munkres_pairs(cost, 1_000_000)
+    if status != munkres.OK:
+      return poses[:0], status
+    for p in range(pairs.shape[0]):
+      row = pairs[p, 0]
+      col = pairs[p, 1]
+      c = sel[row]
+      if row < na and col < ngr and dist[row, col] < tag_threshold:
+        poses[col, idx, 0] = loc_k[idx, c, 0]
+        poses[col, idx, 1] = loc_k[idx, c, 1]
+        poses[col, idx, 2] = val_k[idx, c]
+        poses[col, idx, 3:] = tag_k[idx, c]
+        tag_store[col, tag_count[col], :] = tag_k[idx, c]
+        tag_count[col] += 1
+      else:
+        ng = _set_group(poses, keys, tag_store, tag_count, ng, tag_k[idx, c, 0], idx,
+                        val_k[idx, c], loc_k[idx, c, 0], loc_k[idx, c, 1], tag_k[idx, c])
+  return poses[:ng].copy(), _OK
+
+
+# --------------------------------------------------------------------- adjust, score, refine
+
+
+@numba.njit(cache=True)
+def _shift(tmp_lo, tmp_hi):
+  """Quarter-pixel shift towards the larger neighbour (a tie moves down)."""
+  return np.float32(0.25) if tmp_hi > tmp_lo else np.float32(-0.25)
+
+
+@numba.njit(cache=True)
+def _adjust(poses, det):
+  """Official `adjust`: pixel centre plus a quarter pixel towards the higher neighbour."""
+  h, w, _ = det.shape
+  for p in range(poses.shape[0]):
+    for j in range(poses.shape[1]):
+      if poses[p, j, 2] > 0:
+        x = int(poses[p, j, 0])
+        y = int(poses[p, j, 1])
+        dx = _shift(det[y, max(x - 1, 0), j], det[y, min(x + 1, w - 1), j])
+        dy = _shift(det[max(y - 1, 0), x, j], det[min(y + 1, h - 1), x, j])
+        poses[p, j, 0] = np.float32(poses[p, j, 0] + dx) + np.float32(0.5)
+        poses[p, j, 1] = np.float32(poses[p, j, 1] + dy) + np.float32(0.5)
+
+
+@numba.njit(cache=True)
+def _scores(poses):
+  """`person[:, 2].mean()` per person: float32 pairwise sum over all K joints / K."""
+  nj = poses.shape[1]
+  out = np.empty(poses.shape[0], np.float32)
+  col = np.empty(nj, np.float32)
+  for p in range(poses.shape[0]):
+    for j in range(nj):
+      col[j] = poses[p, j, 2]
+    out[p] = np.float32(_pairwise_sum(col, 0, nj) / np.float32(nj))
+  return out
+
+
+@numba.njit(cache=True)
+def _refine(poses, det, tags):
+  """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
+
+  For a missing joint j the official code takes the argmax of
+  `det[..., j] - round(|tag[..., j, :] - prev_tag|)` over the whole map (float32, first
+  occurrence in row-major order). Since the subtracted term is >= 0, a pixel whose det
+  value does not exceed the running maximum cannot win and its tag distance is skipped.
+  """
+  h, w, nj = det.shape
+  nt = tags.shape[3]
+  rows = np.empty((nj, nt), np.float32)
+  prev = np.empty(nt, np.float32)
+  dv = np.empty(nt, np.float32)
+  for p in range(poses.shape[0]):
+    n = 0
+    for j in range(nj):
+      if poses[p, j, 2] > 0:
+        x = np.int32(poses[p, j, 0])
+        y = np.int32(poses[p, j, 1])
+        rows[n, :] = tags[y, x, j, :]
+        n += 1
+    if n == 0:
+      continue  # only reachable with a negative detection threshold
+    _mean_rows_f32(rows, n, prev)
+    for j in range(nj):
+      if poses[p, j, 2] != 0:
+        continue
+      best = np.float32(0.0)
+      by = -1
+      bx = -1
+      for y in range(h):
+        for x in range(w):
+          d = det[y, x, j]
+          if by >= 0 and not d > best:
+            continue
+          for t in range(nt):
+            dv[t] = np.float32(tags[y, x, j, t] - prev[t])
+          tt = np.float32(np.sqrt(np.float32(_sum_squares(dv))))
+          v = np.float32(d - np.float32(np.rint(tt)))
+          if by < 0 or v > best:
+            best = v
+            by = y
+            bx = x
+      val = det[by, bx, j]
+      if val > 0:
+        dx = _shift(det[by, max(bx - 1, 0), j], det[by, min(bx + 1, w - 1), j])
+        dy = _shift(det[max(by - 1, 0), bx, j], det[min(by + 1, h - 1), bx, j])
+        poses[p, j, 0] = np.float32(bx + 0.5 + dx)
+        poses[p, j, 1] = np.float32(by + 0.5 + dy)
+        poses[p, j, 2] = val
+
+
+@numba.njit(cache=True)
+def _all_finite(a):
+  flat = a.reshape(-1)
+  for i in range(flat.shape[0]):
+    if not np.isfinite(flat[i]):
+      return False
+  return True
+
+
+@numba.njit(cache=True)
+def _group(val_k, loc_k, tag_k, det, tags, joint_order, detection_threshold, tag_threshold,
+           use_detection_val, ignore_too_much, max_num_people, adjust, refine):
+  """Matching, adjust, scores and refine for one image (see `parse`)."""
+  poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
+                                tag_threshold, use_detection_val, ignore_too_much,
+                                max_num_people)
+  if status != _OK:
+    return poses, np.zeros(0, np.float32), status
+  if adjust:
+    _adjust(poses, det)
+  scores = _scores(poses)
+  if refine:
+    _refine(poses, det, tags)
+  return poses, scores, _OK
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def _check_maps(heatmaps: np.ndarray, tags: np.ndarray, num_joints: int) -> tuple[np.ndarray,
+                                                                                  np.ndarray]:
+  heatmaps = np.ascontiguousarray(heatmaps, np.float32)
+  tags = np.ascontiguousarray(tags, np.float32)
+  if heatmaps.ndim != 3:
+    raise ValueError(f'grouping.parse: heatmaps must be [H, W, K], got shape {heatmaps.shape}')
+  if tags.ndim != 4 or tags.shape[:3] != heatmaps.shape:
+    raise ValueError(f'grouping.parse: tags must be [H, W, K, T] matching heatmaps '
+                     f'{heatmaps.shape}, got shape {tags.shape}')
+  if heatmaps.shape[2] != num_joints:
+    raise ValueError(f'grouping.parse: heatmaps have {heatmaps.shape[2]} joints but '
+                     f'dataset.keypoints.joint_order has {num_joints}')
+  if min(heatmaps.shape) == 0 or tags.shape[3] == 0:
+    raise ValueError(f'grouping.parse: empty maps (heatmaps {heatmaps.shape}, '
+                     f'tags {tags.shape})')
+  # NaN would make the NMS, the matching costs and the refine argmax meaningless (and
+  # non-finite costs never let the assignment terminate), so they are rejected.
+  if not _all_finite(heatmaps):
+    raise ValueError('grouping.parse: heatmaps contain NaN or infinite values')
+  if not _all_finite(tags):
+    raise ValueError('grouping.parse: tags contain NaN or infinite values')
+  return heatmaps, tags
+
+
+def _params(config) -> dict:
+  t = config.test
+  return dict(
+      joint_order=np.asarray(config.dataset.keypoints.joint_order, np.int64),
+      detection_threshold=float(t.detection_threshold),
+      tag_threshold=float(t.tag_threshold),
+      use_detection_val=bool(t.use_detection_val),
+      ignore_too_much=bool(t.ignore_too_much),
+      max_num_people=int(config.data.max_num_people),
+  )
+
+
+def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
+                heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
+                refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Host half of `parse`, for callers that ran `nms_top_k` on device themselves.
+
+  Args:
+    val_k: [K, M] float32 top-k values (`nms_top_k` output).
+    loc_k: [K, M, 2] integer (x, y) locations.
+    tag_k: [K, M, T] float32 tags at those locations.
+    heatmaps: [H, W, K] float32 unsuppressed heatmaps (adjust and refine read them).
+    tags: [H, W, K, T] float32 tag maps (refine reads them).
+    config: full config (see `parse`).
+    adjust: official quarter-pixel adjustment.
+    refine: official filling of missing joints.
+
+  Returns:
+    poses [P, K, 3+T] float32 and scores [P] float32, as `parse`.
+  """
+  p = _params(config)
+  nj = len(p['joint_order'])
+  heatmaps, tags = _check_maps(heatmaps, tags, nj)
+  val_k = np.ascontiguousarray(val_k, np.float32)
+  loc_k = np.ascontiguousarray(loc_k, np.int64)
+  tag_k = np.ascontiguousarray(tag_k, np.float32)
+  if (val_k.ndim != 2 or val_k.shape[0] != nj or loc_k.shape != val_k.shape + (2,)
+      or tag_k.shape != val_k.shape + (tags.shape[3],)):
+    raise ValueError(f'grouping.parse_top_k: inconsistent top-k shapes val_k {val_k.shape}, '
+                     f'loc_k {loc_k.shape}, tag_k {tag_k.shape} for {nj} joints')
+  if not (_all_finite(val_k) and _all_finite(tag_k)):
+    raise ValueError('grouping.parse_top_k: top-k values or tags contain NaN or inf')
+  poses, scores, status = _group(val_k, loc_k, tag_k, heatmaps, tags, p['joint_order'],
+                                 p['detection_threshold'], p['tag_threshold'],
+                                 p['use_detection_val'], p['ignore_too_much'],
+                                 p['max_num_people'], bool(adjust), bool(refine))
+  if status != _OK:
+    raise ValueError(f'grouping: tag-matching assignment failed (munkres status {status})')
+  return poses, scores
+
+
+def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
+          refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Groups detections into people, as the official `HeatmapParser.parse`.
+
+  Args:
+    heatmaps: [H, W, K] float32 (aggregated) heatmaps of one image.
+    tags: [H, W, K, T] float32 tag maps (T = 2 with flip test: original, flipped).
+    config: full ConfigDict; uses `test.{detection_threshold, tag_threshold,
+      use_detection_val, ignore_too_much, nms_kernel, nms_padding}`,
+      `data.max_num_people` and `dataset.keypoints.joint_order`.
+    adjust: move each joint a quarter pixel towards its higher neighbour.
+    refine: fill missing joints of each person at the best tag-consistent peak.
+
+  Returns:
+    poses [P, K, 3+T] float32, rows (x, y, score, tags...) in heatmap pixels, missing
+    joints all zero, people in creation order; scores [P] float32 (mean joint score after
+    adjust, before refine). No detection above threshold gives shapes (0, K, 3+T), (0,).
+
+  Raises:
+    ValueError: on mis-shaped maps or NaN / infinite values.
+  """
+  p = _params(config)
+  heatmaps, tags = _check_maps(heatmaps, tags, len(p['joint_order']))
+  val_k, loc_k, tag_k = _nms_top_k_jit(heatmaps, tags, kernel=int(config.test.nms_kernel),
+                                       padding=int(config.test.nms_padding),
+                                       k=p['max_num_people'])
+  return parse_top_k(np.asarray(val_k), np.asarray(loc_k), np.asarray(tag_k), heatmaps, tags,
+                     config, adjust=adjust, refine=refine)
