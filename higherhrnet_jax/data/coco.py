@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -307,21 +308,28 @@ class KeypointSource:
     covered = np.zeros((h, w), bool)
     if not self.mask_from_segmentation:
       return ~covered
-    for a in self.annotations(index):
-      if not (a['iscrowd'] or a['num_keypoints'] == 0):
-        continue
-      seg = a['segmentation']
-      if isinstance(seg, dict):
-        rle = dict(seg)
-        if isinstance(rle['counts'], str):
-          rle['counts'] = rle['counts'].encode('ascii')
-        if not isinstance(rle['counts'], bytes):
-          rle = mask_api.frPyObjects(rle, h, w)
-        covered |= mask_api.decode(rle).astype(bool)
-      else:
-        for poly in seg:  # one polygon at a time: the official sums them, m < 0.5 is an OR
-          covered |= mask_api.decode(mask_api.frPyObjects([poly], h, w))[:, :, 0].astype(bool)
+    with warnings.catch_warnings():
+      # pycocotools' decode trips a NumPy 2 `__array__(copy=...)` deprecation; harmless.
+      warnings.simplefilter('ignore', DeprecationWarning)
+      for a in self.annotations(index):
+        if a['iscrowd'] or a['num_keypoints'] == 0:
+          covered |= self._decode_segmentation(a['segmentation'], h, w)
     return ~covered
+
+  @staticmethod
+  def _decode_segmentation(seg: Any, h: int, w: int) -> np.ndarray:
+    """Pixels covered by one (validated) segmentation, `[H, W]` bool."""
+    if isinstance(seg, dict):
+      rle = dict(seg)
+      if isinstance(rle['counts'], str):  # compressed RLE as JSON text
+        rle['counts'] = rle['counts'].encode('ascii')
+      if not isinstance(rle['counts'], bytes):  # uncompressed (list of run lengths)
+        rle = mask_api.frPyObjects(rle, h, w)
+      return mask_api.decode(rle).astype(bool)
+    covered = np.zeros((h, w), bool)
+    for poly in seg:  # one polygon at a time: the official sums them, and m < 0.5 is an OR
+      covered |= mask_api.decode(mask_api.frPyObjects([poly], h, w))[:, :, 0].astype(bool)
+    return covered
 
   def load_image(self, index: int) -> np.ndarray:
     """Decodes the image (`[H, W, 3]` uint8 RGB); its size must match the annotation file."""
