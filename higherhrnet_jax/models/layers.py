@@ -1,0 +1,215 @@
+"""Building blocks shared by the backbone and the head: convolutions, BatchNorm, the deconv.
+
+Everything here reproduces the official PyTorch layers exactly (padding, BatchNorm
+statistics, transposed-convolution geometry), because the official checkpoints are
+loaded into these modules and their outputs must agree to float32 rounding.
+
+Naming: submodules are named after the official state-dict path with ``.`` replaced by
+``_`` (e.g. ``fuse_layers_1_0_0_0``), so the checkpoint converter derives every key
+from the Flax variable tree alone (see ``higherhrnet_jax.convert.official``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# Official initialisation (`init_weights` without a pretrained file): every Conv2d and
+# ConvTranspose2d weight ~ N(0, 0.001^2), biases 0, BatchNorm gamma 1 / beta 0.
+conv_init = nn.initializers.normal(stddev=0.001)
+
+
+def conv(
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    dtype: Dtype,
+    name: str,
+    use_bias: bool = False,
+) -> nn.Conv:
+  """A PyTorch-style Conv2d: symmetric padding ``kernel // 2``, no bias by default.
+
+  Explicit padding matters: 'SAME' pads (0, 1) on even inputs for stride 2, which
+  shifts the sampling grid relative to the official model.
+  """
+  pad = kernel // 2
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=conv_init,
+      bias_init=nn.initializers.zeros,
+      name=name,
+  )
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch semantics (NHWC, normalises over N, H, W).
+
+  Flax's ``nn.BatchNorm`` updates the running variance with the biased batch variance;
+  PyTorch (and therefore the official training) uses the unbiased one. Train mode
+  normalises with the biased batch variance and updates
+  ``running = (1 - momentum) * running + momentum * batch_stat`` with the unbiased
+  variance, exactly as ``torch.nn.BatchNorm2d``.
+
+  Attributes:
+    momentum: PyTorch convention (0.1 = Flax momentum 0.9).
+    epsilon: added to the variance.
+    dtype: dtype of the output; statistics are always computed in float32.
+    axis_name: if set, batch statistics are averaged over this mapped axis (global
+      BatchNorm across devices); ``None`` keeps per-device statistics.
+  """
+
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    running_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    running_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    xf = x.astype(jnp.float32)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      count = int(np.prod([x.shape[a] for a in axes]))
+      mean = jnp.mean(xf, axes)
+      if self.axis_name is not None:
+        mean = jax.lax.pmean(mean, self.axis_name)
+      # Two-pass variance (as PyTorch): E[x^2] - E[x]^2 loses float32 precision.
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      if self.axis_name is not None:
+        var = jax.lax.pmean(var, self.axis_name)
+        count = count * jax.lax.psum(1, self.axis_name)
+      if not self.is_initializing():
+        m = self.momentum
+        unbiased = var * (count / jnp.maximum(count - 1, 1))
+        running_mean.value = (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean)
+        running_var.value = (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased)
+    else:
+      mean, var = running_mean.value, running_var.value
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
+class ConvTranspose4x4(nn.Module):
+  """ConvTranspose2d(kernel 4, stride 2, padding 1, no bias) as a phase decomposition.
+
+  Output pixel ``(2m + a, 2n + b)`` only sees input rows ``m - 1 + a, m + a`` and
+  columns ``n - 1 + b, n + b``, each through a fixed 2x2 subset of the 4x4 kernel
+  (taps ``k = 3 - a - 2t`` for window offset ``t`` in {0, 1}). So the transposed
+  convolution equals one ordinary 2x2 convolution over the input padded by 1, with the
+  four phase kernels stacked along the output channels, followed by a depth-to-space
+  interleave. Numerically it is the same sum of the same products as the official
+  layer; unlike ``nn.ConvTranspose`` its gradient is fast on XLA:CPU.
+
+  Parameter ``transpose_kernel`` has shape ``[4, 4, Cin, Cout]`` and holds the official
+  PyTorch weight ``W[Cin, Cout, kh, kw]`` as ``W.transpose(2, 3, 0, 1)`` (no flip).
+
+  Attributes:
+    features: output channels.
+    dtype: compute dtype.
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, cin = x.shape
+    cout = self.features
+    kernel = self.param('transpose_kernel', conv_init, (4, 4, cin, cout), jnp.float32)
+    taps = np.array([[3, 1], [2, 0]])  # taps[phase, window offset]
+    # fused[t, u, ci, a, b, co] = kernel[taps[a, t], taps[b, u], ci, co]
+    rows = kernel[taps.T]  # [t, a, 4, Cin, Cout]
+    fused = rows[:, :, taps.T]  # [t, a, u, b, Cin, Cout]
+    fused = fused.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
+    xp = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = jax.lax.conv_general_dilated(
+        xp,
+        fused.astype(self.dtype),
+        window_strides=(1, 1),
+        padding='VALID',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )  # [B, H + 1, W + 1, 4 * Cout]
+    out = out.reshape(b, h + 1, w + 1, 2, 2, cout)
+    phases = [[out[:, a:a + h, c:c + w, a, c] for c in range(2)] for a in range(2)]
+    y = jnp.stack([jnp.stack(p, axis=3) for p in phases], axis=2)  # [B, H, 2, W, 2, C]
+    return y.reshape(b, 2 * h, 2 * w, cout)
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+  """Nearest-neighbour upsampling, ``out[r, c] = in[r // factor, c // factor]``."""
+  b, h, w, c = x.shape
+  y = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
+  return y.reshape(b, h * factor, w * factor, c)
+
+
+class BasicBlock(nn.Module):
+  """HRNet BasicBlock: 3x3 conv-BN-ReLU, 3x3 conv-BN, identity add, ReLU.
+
+  No projection shortcut: it never occurs in HigherHRNet (channels are fixed per branch).
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+  bn_momentum: float = 0.1
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if x.shape[-1] != self.features:
+      raise ValueError(f'{self.name}: BasicBlock input has {x.shape[-1]} channels, expected '
+                       f'{self.features} (projection shortcuts are not part of HigherHRNet)')
+    bn = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+              axis_name=self.axis_name)
+    y = conv(self.features, 3, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(BatchNorm(**bn, name='bn1')(y, train))
+    y = conv(self.features, 3, dtype=self.dtype, name='conv2')(y)
+    y = BatchNorm(**bn, name='bn2')(y, train)
+    return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+  """ResNet Bottleneck of HRNet's layer1: 1x1, 3x3, 1x1 (x4 channels) with BN.
+
+  The shortcut is a 1x1 conv + BN projection when the input channels differ from
+  ``4 * planes`` (the first block of layer1), the identity otherwise.
+  """
+
+  planes: int
+  dtype: Dtype = jnp.float32
+  bn_momentum: float = 0.1
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bn = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+              axis_name=self.axis_name)
+    out_channels = 4 * self.planes
+    y = conv(self.planes, 1, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(BatchNorm(**bn, name='bn1')(y, train))
+    y = conv(self.planes, 3, dtype=self.dtype, name='conv2')(y)
+    y = nn.relu(BatchNorm(**bn, name='bn2')(y, train))
+    y = conv(out_channels, 1, dtype=self.dtype, name='conv3')(y)
+    y = BatchNorm(**bn, name='bn3')(y, train)
+    if x.shape[-1] != out_channels:
+      x = conv(out_channels, 1, dtype=self.dtype, name='downsample_0')(x)
+      x = BatchNorm(**bn, name='downsample_1')(x, train)
+    return nn.relu(y + x)
