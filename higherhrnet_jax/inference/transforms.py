@@ -11,6 +11,7 @@ resized images are bit-identical and coordinates match to the last bit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import cv2
@@ -194,3 +195,82 @@ def get_final_preds(poses: np.ndarray, center: Sequence[float], scale: Sequence[
   out[..., 0] = (pts[..., 0] * trans[0, 0] + pts[..., 1] * trans[0, 1]) + trans[0, 2]
   out[..., 1] = (pts[..., 0] * trans[1, 0] + pts[..., 1] * trans[1, 1]) + trans[1, 2]
   return out
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@dataclasses.dataclass
+class TestInput:
+  """One image prepared for the test loop.
+
+  Attributes:
+    images: per test scale (descending), the resized uint8 RGB input [h_s, w_s, 3].
+    base_size: (w, h) of the base size the heatmaps are projected to.
+    center: centre returned by the last resize call (goes to `get_final_preds`).
+    scale: `[scale_w, scale_h]` of the last resize call.
+    image_hw: (h, w) of the original image.
+  """
+
+  images: list[np.ndarray]
+  base_size: tuple[int, int]
+  center: np.ndarray
+  scale: np.ndarray
+  image_hw: tuple[int, int]
+
+
+def prepare_test_input(image: np.ndarray, input_size: int, scale_factors: Sequence[float],
+                       max_side: int = MAX_INPUT_SIDE) -> TestInput:
+  """Resizes one RGB image for every test scale, as the official test loop does."""
+  image = as_rgb_image(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f'image: expected uint8 RGB, got dtype {image.dtype}')
+  scales = sorted((float(s) for s in scale_factors), reverse=True)
+  min_scale = min(scales)
+  base_size, _, _ = get_multi_scale_size(image, input_size, 1.0, min_scale)
+  images, center, scale = [], None, None
+  for s in scales:
+    resized, center, scale = resize_align_multi_scale(image, input_size, s, min_scale, max_side)
+    if resized.shape[0] % 32 or resized.shape[1] % 32:
+      raise ValueError(f'test.scale_factor: scale {s} gives a {resized.shape[1]}x{resized.shape[0]} '
+                       'input; the network needs multiples of 32')
+    images.append(resized)
+  return TestInput(images, (int(base_size[0]), int(base_size[1])), center, scale,
+                   (int(image.shape[0]), int(image.shape[1])))
+
+
+def _round_up(v: int, m: int) -> int:
+  return -(-int(v) // m) * m
+
+
+def bucket_batch(inputs: Sequence[TestInput], multiple: int = 64) -> dict:
+  """Pads a batch of prepared images to one bucket (bottom/right, value 0).
+
+  Each side is rounded up to `multiple` and the batch takes the largest; with
+  `multiple = 64` a single image keeps its official size (no padding at all).
+
+  Returns:
+    dict with `images` (tuple per scale of uint8 [B, H_s, W_s, 3]), `input_hw` (tuple per
+    scale of int32 [B, 2]), `base_hw` (int32 [B, 2]) and `base_shape` (static (Hb, Wb)).
+  """
+  if not inputs:
+    raise ValueError('inputs: empty batch')
+  if multiple <= 0 or multiple % 32:
+    raise ValueError(f'test.shape_bucket: must be a positive multiple of 32, got {multiple}')
+  num_scales = len(inputs[0].images)
+  images, input_hw = [], []
+  for s in range(num_scales):
+    hws = np.array([t.images[s].shape[:2] for t in inputs], np.int32)
+    shape = (max(_round_up(h, multiple) for h in hws[:, 0]),
+             max(_round_up(w, multiple) for w in hws[:, 1]))
+    batch = np.zeros((len(inputs), *shape, 3), np.uint8)
+    for b, t in enumerate(inputs):
+      h, w = t.images[s].shape[:2]
+      batch[b, :h, :w] = t.images[s]
+    images.append(batch)
+    input_hw.append(hws)
+  base_hw = np.array([(t.base_size[1], t.base_size[0]) for t in inputs], np.int32)
+  base_shape = (max(_round_up(h, multiple) for h in base_hw[:, 0]),
+                max(_round_up(w, multiple) for w in base_hw[:, 1]))
+  return dict(images=tuple(images), input_hw=tuple(input_hw), base_hw=base_hw,
+              base_shape=base_shape)
