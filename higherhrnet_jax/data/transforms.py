@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any
 
 import cv2
+import numba
 import numpy as np
 
 from higherhrnet_jax import keypoints
@@ -214,6 +215,26 @@ def normalization_lut() -> np.ndarray:
   return normalize(np.repeat(levels[:, None], 3, axis=1)[None])[0].T.copy()
 
 
+_LUT = normalization_lut()
+
+
+@numba.njit(cache=True, nogil=True)
+def _lut_flip(image, lut, flip):  # pragma: no cover - numba
+  h, w, c = image.shape
+  out = np.empty((h, w, c), np.float32)
+  for y in range(h):
+    for x in range(w):
+      sx = w - 1 - x if flip else x
+      for k in range(c):
+        out[y, x, k] = lut[k, image[y, sx, k]]
+  return out
+
+
+def normalize_flip(image: np.ndarray, flip: bool) -> np.ndarray:
+  """:func:`normalize` of the (optionally mirrored) uint8 image in one pass (table lookup)."""
+  return _lut_flip(np.ascontiguousarray(image), _LUT, bool(flip))
+
+
 def flip_joints(joints: np.ndarray, flip_index: tuple[int, ...], size: int) -> np.ndarray:
   """Mirrors joints in a `size`-wide map: swap left/right joints, `x <- size - x - 1`."""
   out = joints[:, list(flip_index)].copy()
@@ -222,8 +243,12 @@ def flip_joints(joints: np.ndarray, flip_index: tuple[int, ...], size: int) -> n
 
 
 def augment(image: np.ndarray, joints: np.ndarray, mask: np.ndarray, draws: AugmentDraws,
-            config: Any) -> dict[str, Any]:
+            config: Any, flip_image: bool = True) -> dict[str, Any]:
   """The official geometric augmentation (before target generation).
+
+  Args:
+    flip_image: mirror the image here (False leaves it to the caller, which can fuse the
+      mirror into normalization).
 
   Returns:
     dict with 'image' `[S, S, 3]` uint8, and per output stage s: 'mask_s' `[R, R]` float32,
@@ -252,7 +277,7 @@ def augment(image: np.ndarray, joints: np.ndarray, mask: np.ndarray, draws: Augm
     out[f'joints_xy_{s}'] = j
   mat_in = affine_matrix(p.center, p.scale, c.input_size, p.aug_rot)
   img = warp(image, mat_in, c.input_size)
-  if draws.flip:
+  if draws.flip and flip_image:
     img = img[:, ::-1]
   out['mat_input'] = mat_in
   out['image'] = img
@@ -276,8 +301,8 @@ def make_train_sample(image_rgb_uint8: np.ndarray, joints: np.ndarray, mask: np.
     float32, 'masks_s' `[R, R]` float32, 'joints_s' `[M, K, 2]` int32 (official encoding).
   """
   c = SampleConfig.from_config(config)
-  a = augment(image_rgb_uint8, joints, mask, draws, c)
-  out = {'image': normalize(a['image'])}
+  a = augment(image_rgb_uint8, joints, mask, draws, c, flip_image=False)
+  out = {'image': normalize_flip(a['image'], draws.flip)}
   for s, res in enumerate(c.output_size):
     j = a[f'joints_xy_{s}']
     sigma = targets.person_sigmas(j, c.sigma, c.scale_aware_sigma)
