@@ -228,14 +228,17 @@ class KeypointSource:
         if not isinstance(kps, list) or len(kps) != 3 * k:
           n = len(kps) if isinstance(kps, list) else type(kps).__name__
           self._fail(where, f"field 'keypoints' must be a list of {3 * k} numbers ({k} joints), got {n}")
-        if not all(_is_num(v) for v in kps):
+        try:
+          kp = np.asarray(kps, np.float64).reshape(k, 3)
+        except (TypeError, ValueError):
+          kp = None
+        if kp is None or not np.isfinite(kp).all():
           self._fail(where, "field 'keypoints' holds a non-finite or non-numeric value")
         if self.scale_aware_sigma:
           box = ann.get('bbox')
           if not (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)
                   and max(box[2], box[3]) > 0):
             self._fail(where, "scale-aware sigma needs a 'bbox' [x, y, w, h] with w or h > 0")
-        kp = np.asarray(kps, np.float64).reshape(k, 3)
         lab = kp[:, 2] > 0
         out = (kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] >= w) | (kp[:, 1] >= h)
         self.stats['keypoints_outside_image'] += int((lab & out).sum())

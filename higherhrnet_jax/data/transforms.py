@@ -260,6 +260,9 @@ def augment(image: np.ndarray, joints: np.ndarray, mask: np.ndarray, draws: Augm
     raise ValueError(f'image must be [H, W, 3] uint8, got {image.shape} {image.dtype}')
   if mask.shape != image.shape[:2]:
     raise ValueError(f'mask shape {mask.shape} != image shape {image.shape[:2]}')
+  k = len(c.flip_index)
+  if joints.ndim != 3 or joints.shape[1] != k or joints.shape[2] not in (3, 4):
+    raise ValueError(f'joints must be [N, {k}, 3] (or 4 with a sigma column), got {joints.shape}')
   p = affine_params(draws, image.shape[:2], c)
   out: dict[str, Any] = {'params': p}
   for s, res in enumerate(c.output_size):
