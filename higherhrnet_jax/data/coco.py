@@ -211,7 +211,7 @@ class KeypointSource:
       if ann['id'] in seen:
         self._fail(where, f'duplicate annotation id {ann["id"]} (first at annotations[{seen[ann["id"]]}])')
       seen[ann['id']] = i
-      if ann.get('image_id') not in sizes:
+      if not _is_int(ann.get('image_id')) or ann['image_id'] not in sizes:
         self._fail(where, f'image_id {ann.get("image_id")!r} is not in images')
       iscrowd = ann.get('iscrowd', 0)
       if iscrowd not in (0, 1) or isinstance(iscrowd, float):

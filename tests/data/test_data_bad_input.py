@@ -173,6 +173,12 @@ def test_duplicate_annotation_ids(tmp_path):
     (lambda d: d['annotations'][0].update(keypoints=[1, 2, 2] * 3), 'list of 51 numbers'),
     (lambda d: d['annotations'][0].update(keypoints=[float('nan')] * 51), 'non-finite'),
     (lambda d: d['annotations'][0].update(image_id=99), 'image_id 99 is not in images'),
+    (lambda d: d['annotations'][0].update(image_id=[1]), 'image_id [1] is not in images'),
+    (lambda d: d['annotations'][0].update(keypoints=['x'] * 51), 'non-numeric'),
+    (lambda d: d['annotations'][0].update(segmentation={'counts': [1]}, num_keypoints=0),
+     "RLE segmentation needs 'counts' and 'size'"),
+    (lambda d: d['annotations'][0].pop('id'), "field 'id' must be an integer"),
+    (lambda d: d.update(images={}), "missing or non-list field 'images'"),
     (lambda d: d['images'][0].update(height=0), "'height' must be a positive integer"),
     (lambda d: d['images'][0].pop('file_name'), "'file_name'"),
     (lambda d: d['annotations'][0].update(iscrowd=3), "'iscrowd' must be 0 or 1"),
@@ -258,3 +264,16 @@ def test_images_without_people(tmp_path):
   assert not out['heatmaps_0'].any() and not out['heatmaps_1'].any()
   assert not out['joints_0'].any() and out['joints_1'].shape == (30, K, 2)
   assert 0 < out['masks_0'].mean() < 1
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # pycocotools encode under NumPy 2
+def test_crowd_rle_compressed_string_counts(tmp_path):
+  region = np.zeros((48, 64), np.uint8)
+  region[5:20, 30:50] = 1
+  rle = mask_api.encode(np.asfortranarray(region))
+  crowd = _person(2, 1, [0.0] * (3 * K), iscrowd=1,
+                  segmentation={'counts': rle['counts'].decode('ascii'), 'size': [48, 64]})
+  path = _write(tmp_path, [_image(1)], [_person(1, 1), crowd])
+  src = coco.coco_source(path, tmp_path)
+  np.testing.assert_array_equal(src.mask(0), region == 0)
+  assert src.joints(0).shape == (1, K, 3)  # the keypoint-less crowd is not a person
