@@ -198,7 +198,8 @@ class KeypointSource:
         if not _is_int(img.get(f)) or img[f] <= 0:
           self._fail(where, f'field {f!r} must be a positive integer')
       if img['id'] in sizes:
-        self._fail(where, f'duplicate image id {img["id"]} (first at images[{sizes[img["id"]][0]}])')
+        first = sizes[img['id']][0]
+        self._fail(where, f'duplicate image id {img["id"]} (first at images[{first}])')
       sizes[img['id']] = (i, img['height'], img['width'])
     seen: dict[Any, int] = {}
     k = self.num_joints
@@ -209,7 +210,8 @@ class KeypointSource:
       if not _is_int(ann.get('id')):
         self._fail(where, "field 'id' must be an integer")
       if ann['id'] in seen:
-        self._fail(where, f'duplicate annotation id {ann["id"]} (first at annotations[{seen[ann["id"]]}])')
+        first = seen[ann['id']]
+        self._fail(where, f'duplicate annotation id {ann["id"]} (first at annotations[{first}])')
       seen[ann['id']] = i
       if not _is_int(ann.get('image_id')) or ann['image_id'] not in sizes:
         self._fail(where, f'image_id {ann.get("image_id")!r} is not in images')
@@ -227,7 +229,8 @@ class KeypointSource:
       if iscrowd == 0 or nk > 0:
         if not isinstance(kps, list) or len(kps) != 3 * k:
           n = len(kps) if isinstance(kps, list) else type(kps).__name__
-          self._fail(where, f"field 'keypoints' must be a list of {3 * k} numbers ({k} joints), got {n}")
+          self._fail(where, f"field 'keypoints' must be a list of {3 * k} numbers ({k} joints), "
+                            f'got {n}')
         try:
           kp = np.asarray(kps, np.float64).reshape(k, 3)
         except (TypeError, ValueError):

@@ -123,7 +123,8 @@ def sample_draws(rng: np.random.Generator, image_hw: tuple[int, int], config: An
   u_rot = float(rng.random())
   dx = dy = 0
   if c.max_translate > 0:
-    scale = _base_scale(image_hw, c.scale_type) * (u_scale * (c.max_scale - c.min_scale) + c.min_scale)
+    aug_scale = u_scale * (c.max_scale - c.min_scale) + c.min_scale
+    scale = _base_scale(image_hw, c.scale_type) * aug_scale
     lo, hi = _translate_bounds(c.max_translate, scale)
     if hi > lo:
       dx = int(rng.integers(lo, hi))

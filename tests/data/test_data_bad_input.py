@@ -117,7 +117,8 @@ def test_16bit_png(tmp_path):
 def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
   """Inserts an APP1/Exif segment holding only the orientation tag (0x0112)."""
   tiff = (b'MM\x00\x2a' + struct.pack('>I', 8) + struct.pack('>H', 1) +
-          struct.pack('>HHI', 0x0112, 3, 1) + struct.pack('>HH', orientation, 0) + struct.pack('>I', 0))
+          struct.pack('>HHI', 0x0112, 3, 1) + struct.pack('>HH', orientation, 0) +
+          struct.pack('>I', 0))
   payload = b'Exif\x00\x00' + tiff
   return jpeg[:2] + b'\xff\xe1' + struct.pack('>H', len(payload) + 2) + payload + jpeg[2:]
 

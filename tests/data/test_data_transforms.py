@@ -84,7 +84,8 @@ def test_make_train_sample_matches_official(src, cfg, fixtures_dir, fixture):
     for s, res in enumerate((128, 256)):
       assert out[f'heatmaps_{s}'].shape == (res, res, 17)
       assert out[f'heatmaps_{s}'].dtype == np.float32
-      np.testing.assert_array_equal(out[f'heatmaps_{s}'].transpose(2, 0, 1), d[p + f'heatmap_{res}'])
+      np.testing.assert_array_equal(out[f'heatmaps_{s}'].transpose(2, 0, 1),
+                                    d[p + f'heatmap_{res}'])
       assert out[f'masks_{s}'].dtype == np.float32
       np.testing.assert_array_equal(out[f'masks_{s}'], d[p + f'mask_{res}'])
       assert out[f'joints_{s}'].dtype == np.int32
