@@ -125,12 +125,15 @@ def _bn_modules(table: Mapping[str, _Leaf]) -> list[str]:
   return [k[: -len('.running_mean')] for k in table if k.endswith('.running_mean')]
 
 
-def to_official(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Flax variables -> official state dict (numpy, float32; `num_batches_tracked` = 0)."""
+def to_official(variables: Mapping[str, Any], dtype: Any = np.float32) -> dict[str, np.ndarray]:
+  """Flax variables -> official state dict (numpy; `num_batches_tracked` = 0).
+
+  Also maps gradients (any tree with the `params` structure) to official names.
+  """
   table = key_table(variables)
   out: dict[str, np.ndarray] = {}
   for key, leaf in table.items():
-    value = np.asarray(_get(variables[leaf.collection], leaf.path), dtype=np.float32)
+    value = np.asarray(_get(variables[leaf.collection], leaf.path), dtype=dtype)
     out[key] = _to_official_layout(value, leaf.kind)
   for module in _bn_modules(table):
     out[f'{module}.num_batches_tracked'] = np.array(0, dtype=np.int64)

@@ -77,7 +77,7 @@ class HigherHRNet(nn.Module):
   """The full bottom-up pose network.
 
   ``__call__(images [B, H, W, 3], train) -> [out0 [B, H/4, W/4, C0], out1 [B, H/2, W/2, C1], ...]``
-  (float32). For the COCO models ``C0 = 2K`` (K heatmaps, then K tags) and ``C1 = K``.
+  (float32; float64 if computing in float64). For the COCO models ``C0 = 2K`` (K heatmaps, then K tags) and ``C1 = K``.
   ``train=True`` normalises with batch statistics and updates ``batch_stats`` (apply
   with ``mutable=['batch_stats']``).
 
@@ -112,7 +112,8 @@ class HigherHRNet(nn.Module):
     feats = HRNet(self.stages, self.stem_channels, **common, name='backbone')(x, train)
     outputs = HigherHead(self.output_channels, self.deconvs, self.final_conv_kernel, **common,
                          name='head')(feats[0], train)
-    return [o.astype(jnp.float32) for o in outputs]
+    out_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    return [o.astype(out_dtype) for o in outputs]
 
 
 def check_input_shape(shape: Sequence[int]) -> None:

@@ -66,7 +66,7 @@ class BatchNorm(nn.Module):
   Attributes:
     momentum: PyTorch convention (0.1 = Flax momentum 0.9).
     epsilon: added to the variance.
-    dtype: dtype of the output; statistics are always computed in float32.
+    dtype: dtype of the output; statistics are computed in at least float32.
     axis_name: if set, batch statistics are averaged over this mapped axis (global
       BatchNorm across devices); ``None`` keeps per-device statistics.
   """
@@ -83,7 +83,8 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
     running_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-    xf = x.astype(jnp.float32)
+    # Statistics in at least float32 (bfloat16 inputs), float64 when computing in float64.
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if train:
       axes = tuple(range(x.ndim - 1))
       count = int(np.prod([x.shape[a] for a in axes]))
