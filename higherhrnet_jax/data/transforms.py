@@ -17,7 +17,10 @@ Given the same draws, every array equals the official pipeline's (`RandomAffineT
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 from typing import Any
 
 import cv2
@@ -314,4 +317,28 @@ def make_train_sample(image_rgb_uint8: np.ndarray, joints: np.ndarray, mask: np.
     out[f'masks_{s}'] = a[f'mask_{s}']
     out[f'joints_{s}'] = targets.joint_indices(j, res, c.max_num_people, c.tag_per_joint)
   return out
+
+
+@functools.cache
+def reuse_large_buffers(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20) -> bool:
+  """Lets glibc reuse freed multi-megabyte buffers instead of mapping fresh pages.
+
+  Each sample allocates about 8.5 MB of new arrays at 512 input (image, two heatmap
+  stacks). glibc serves such sizes with `mmap`, so every sample pays page faults to zero
+  fresh pages: about 40% of the per-sample CPU time here. Raising the mmap and trim
+  thresholds (`mallopt`) keeps these buffers in the heap. Call once per worker process;
+  it does nothing where glibc is absent.
+
+  Returns:
+    Whether the allocator was configured.
+  """
+  name = ctypes.util.find_library('c')
+  try:
+    libc = ctypes.CDLL(name or 'libc.so.6')
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+  return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(
+      mallopt(m_trim_threshold, trim_threshold))
 

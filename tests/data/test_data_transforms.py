@@ -157,3 +157,9 @@ def test_scale_aware_sigma_divided_by_aug_scale():
   np.testing.assert_allclose(a['joints_xy_0'][0, :, 3], 2.0, rtol=0, atol=1e-12)
   out = transforms.make_train_sample(img, joints, np.ones((200, 200), bool), dr, cfg)
   assert out['heatmaps_0'].max() > 0
+
+
+def test_reuse_large_buffers_is_safe_to_call():
+  assert transforms.reuse_large_buffers() in (True, False)
+  a = np.zeros((256, 256, 17), np.float32)
+  assert a.sum() == 0
