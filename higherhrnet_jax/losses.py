@@ -112,8 +112,8 @@ def stage_losses(
   """Per-image loss terms of every stage, factors applied.
 
   Args:
-    outputs: stage outputs `[B, R_s, R_s, C_s]` (cast to float32 here, so a bfloat16
-      model still gets a float32 loss).
+    outputs: stage outputs `[B, R_s, R_s, C_s]` (promoted to at least float32 here, so a
+      bfloat16 model still gets a float32 loss).
     batch: `heatmaps_s [B,R,R,K]`, `masks_s [B,R,R]`, `joints_s [B,M,J,2]` per stage.
     config: full config (uses `model.num_joints`, `model.with_ae_loss` and `loss.*`).
 
@@ -127,7 +127,7 @@ def stage_losses(
     raise ValueError(f'stage_losses: {len(outputs)} outputs but config.loss.num_stages={lc.num_stages}')
   terms = {}
   for s, out in enumerate(outputs):
-    out = out.astype(jnp.float32)
+    out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
     offset = 0
     if lc.with_heatmaps_loss[s]:
       for key in (f'heatmaps_{s}', f'masks_{s}'):
@@ -156,5 +156,5 @@ def multi_loss(
   """
   per_image = stage_losses(outputs, batch, config)
   terms = {name: jnp.mean(v) for name, v in per_image.items()}
-  total = sum(terms.values(), jnp.zeros((), jnp.float32))
+  total = sum(terms.values())
   return total, terms
