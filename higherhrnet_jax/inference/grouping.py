@@ -36,16 +36,67 @@ _PAD_COST = 1e10
 # ----------------------------------------------------------------------------- device part
 
 
+def _max_pool_same(x: jax.Array, kernel: int, padding: int) -> jax.Array:
+  """Stride-1 `kernel x kernel` max pool over axes 0 and 1 with -inf padding.
+
+  Done as two separable passes of shifted maxima (max is exact, so the result equals the 2-d
+  window); XLA's CPU `reduce_window` is about ten times slower on these maps.
+  """
+  h, w = x.shape[:2]
+  pad = [(padding, padding), (padding, padding)] + [(0, 0)] * (x.ndim - 2)
+  p = jnp.pad(x, pad, constant_values=-jnp.inf)
+  rows = p[0:h]
+  for i in range(1, kernel):
+    rows = jnp.maximum(rows, p[i:i + h])
+  out = rows[:, 0:w]
+  for i in range(1, kernel):
+    out = jnp.maximum(out, rows[:, i:i + w])
+  return out
+
+
+def nms(heatmaps: jax.Array, *, kernel: int = 5, padding: int = 2) -> jax.Array:
+  """Keeps local maxima of [..., H, W, K] heatmaps (official `HeatmapParser.nms`).
+
+  Args:
+    heatmaps: [H, W, K] or [B, H, W, K].
+    kernel: NMS window (`test.nms_kernel`), stride 1.
+    padding: NMS padding (`test.nms_padding`); must keep the map size (2 * padding + 1 ==
+      kernel), as the official code multiplies the pooled map with the input.
+
+  Returns:
+    heatmaps with every value that is not the maximum of its window set to 0.
+  """
+  if 2 * padding + 1 != kernel:
+    raise ValueError(f'test.nms_kernel={kernel} and test.nms_padding={padding} change the map '
+                     'size; need nms_kernel == 2 * nms_padding + 1')
+  if heatmaps.ndim == 4:
+    return jax.vmap(functools.partial(nms, kernel=kernel, padding=padding))(heatmaps)
+  pooled = _max_pool_same(heatmaps, kernel, padding)
+  # Multiply (not select) as the official code does: negative non-maxima become -0.
+  return heatmaps * (pooled == heatmaps).astype(heatmaps.dtype)
+
+
+def top_k_indices(kept: jax.Array, k: int = 30) -> tuple[jax.Array, jax.Array]:
+  """Per-joint top-k of [..., H, W, K] suppressed maps over the flattened H * W positions.
+
+  Returns:
+    val_k [..., K, k] (descending) and flat indices ind [..., K, k] (y * W + x); k is capped
+    at H * W.
+  """
+  *lead, h, w, nj = kept.shape
+  flat = jnp.swapaxes(kept.reshape(*lead, h * w, nj), -1, -2)
+  return jax.lax.top_k(flat, min(k, h * w))
+
+
 def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding: int = 2,
               k: int = 30) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Max-pool NMS and per-joint top-k (official `HeatmapParser.top_k`).
+  """Max-pool NMS and per-joint top-k (official `HeatmapParser.top_k`), jittable.
 
   Args:
     heatmaps: [H, W, K] (or [B, H, W, K]) detection maps.
     tags: [H, W, K, T] (or [B, H, W, K, T]) tag maps.
     kernel: NMS window (`test.nms_kernel`), stride 1.
-    padding: NMS padding (`test.nms_padding`); must keep the map size (2 * padding + 1 ==
-      kernel), as the official code multiplies the pooled map with the input.
+    padding: NMS padding (`test.nms_padding`), 2 * padding + 1 == kernel.
     k: number of candidates per joint (`data.max_num_people`; capped at H * W).
 
   Returns:
@@ -55,24 +106,17 @@ def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding:
   if heatmaps.ndim == 4:
     fn = functools.partial(nms_top_k, kernel=kernel, padding=padding, k=k)
     return jax.vmap(fn)(heatmaps, tags)
-  if 2 * padding + 1 != kernel:
-    raise ValueError(f'test.nms_kernel={kernel} and test.nms_padding={padding} change the map '
-                     'size; need nms_kernel == 2 * nms_padding + 1')
   h, w, nj = heatmaps.shape
-  nt = tags.shape[-1]
-  k = min(k, h * w)
-  neg_inf = jnp.array(-jnp.inf, heatmaps.dtype)
-  pooled = jax.lax.reduce_window(heatmaps, neg_inf, jax.lax.max, (kernel, kernel, 1),
-                                 (1, 1, 1), ((padding, padding), (padding, padding), (0, 0)))
-  # Multiply (not select) as the official code does: negative non-maxima become -0.
-  kept = heatmaps * (pooled == heatmaps).astype(heatmaps.dtype)
-  val_k, ind = jax.lax.top_k(kept.reshape(h * w, nj).T, k)
-  tag_k = tags.reshape(h * w, nj, nt)[ind, jnp.arange(nj)[:, None]]
+  val_k, ind = top_k_indices(nms(heatmaps, kernel=kernel, padding=padding), k)
+  tag_k = tags.reshape(h * w, nj, tags.shape[-1])[ind, jnp.arange(nj)[:, None]]
   loc_k = jnp.stack([ind % w, ind // w], axis=-1).astype(jnp.int32)
   return val_k, loc_k, tag_k
 
 
-_nms_top_k_jit = jax.jit(nms_top_k, static_argnames=('kernel', 'padding', 'k'))
+# `parse` runs NMS and top-k as two programs: fused into one, XLA:CPU takes about three
+# times as long as the two separately (the TopK call on a fused producer is slow).
+_nms_jit = jax.jit(nms, static_argnames=('kernel', 'padding'))
+_top_k_indices_jit = jax.jit(top_k_indices, static_argnames=('k',))
 
 
 # ------------------------------------------------------------------- NumPy-order float sums
@@ -317,56 +361,123 @@ def _scores(poses):
 
 
 @numba.njit(cache=True)
+def _tag_rounded_distance(tslab, prev, acc):
+  """acc[i] = round(sqrt(sum_t (tslab[t, i] - prev[t])**2)) in float32, NumPy's order."""
+  nt, n = tslab.shape
+  if nt < 8:
+    acc[:] = 0
+    for t in range(nt):
+      pt = prev[t]
+      for i in range(n):
+        e = np.float32(tslab[t, i] - pt)
+        acc[i] = np.float32(acc[i] + np.float32(e * e))
+  else:
+    e = np.empty(nt, np.float32)
+    for i in range(n):
+      for t in range(nt):
+        e[t] = np.float32(tslab[t, i] - prev[t])
+      acc[i] = _sum_squares(e)
+  for i in range(n):
+    acc[i] = np.float32(np.rint(np.float32(np.sqrt(acc[i]))))
+
+
+@numba.njit(cache=True)
+def _first_argmax(a):
+  """`np.argmax` of a finite 1-d array: the maximum from eight independent lanes (a loop the
+  compiler can vectorise), then the first index holding it."""
+  n = a.shape[0]
+  lanes = np.full(8, -np.inf, a.dtype)
+  nb = n - n % 8
+  for i in range(0, nb, 8):
+    for k in range(8):
+      v = a[i + k]
+      lanes[k] = v if v > lanes[k] else lanes[k]
+  m = lanes.max()
+  for i in range(nb, n):
+    if a[i] > m:
+      m = a[i]
+  for i in range(n):
+    if a[i] == m:
+      return i
+  return 0
+
+
+@numba.njit(cache=True)
 def _refine(poses, det, tags):
   """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
 
-  For a missing joint j the official code takes the argmax of
-  `det[..., j] - round(|tag[..., j, :] - prev_tag|)` over the whole map (float32, first
-  occurrence in row-major order). Since the subtracted term is >= 0, a pixel whose det
-  value does not exceed the running maximum cannot win and its tag distance is skipped.
+  For a missing joint j of a person with mean tag `prev` (float32 mean over its present
+  joints, read at their integer peak locations) the official code takes the first argmax,
+  in row-major order, of `det[..., j] - round(|tag[..., j, :] - prev|)` (float32) and fills
+  the joint there if the det value is positive. Joints are visited in the outer loop so that
+  each joint's maps are copied once into contiguous slabs and the per-person scans are
+  branch-free, vectorisable loops.
   """
   h, w, nj = det.shape
   nt = tags.shape[3]
+  npeople = poses.shape[0]
+  n = h * w
   rows = np.empty((nj, nt), np.float32)
-  prev = np.empty(nt, np.float32)
-  dv = np.empty(nt, np.float32)
-  for p in range(poses.shape[0]):
-    n = 0
+  prevs = np.empty((npeople, nt), np.float32)
+  need = np.zeros((npeople, nj), np.bool_)
+  for p in range(npeople):
+    cnt = 0
     for j in range(nj):
       if poses[p, j, 2] > 0:
         x = np.int32(poses[p, j, 0])
         y = np.int32(poses[p, j, 1])
-        rows[n, :] = tags[y, x, j, :]
-        n += 1
-    if n == 0:
+        rows[cnt, :] = tags[y, x, j, :]
+        cnt += 1
+    if cnt == 0:
       continue  # only reachable with a negative detection threshold
-    _mean_rows_f32(rows, n, prev)
+    _mean_rows_f32(rows, cnt, prevs[p])
     for j in range(nj):
-      if poses[p, j, 2] != 0:
+      need[p, j] = poses[p, j, 2] == 0
+  dslab = np.empty(n, np.float32)
+  tslab = np.empty((nt, n), np.float32)
+  acc = np.empty(n, np.float32)
+  for j in range(nj):
+    if not need[:, j].any():
+      continue
+    for y in range(h):
+      for x in range(w):
+        i = y * w + x
+        dslab[i] = det[y, x, j]
+        for t in range(nt):
+          tslab[t, i] = tags[y, x, j, t]
+    for p in range(npeople):
+      if not need[p, j]:
         continue
-      best = np.float32(0.0)
-      by = -1
-      bx = -1
-      for y in range(h):
-        for x in range(w):
-          d = det[y, x, j]
-          if by >= 0 and not d > best:
-            continue
-          for t in range(nt):
-            dv[t] = np.float32(tags[y, x, j, t] - prev[t])
-          tt = np.float32(np.sqrt(np.float32(_sum_squares(dv))))
-          v = np.float32(d - np.float32(np.rint(tt)))
-          if by < 0 or v > best:
-            best = v
-            by = y
-            bx = x
-      val = det[by, bx, j]
+      _tag_rounded_distance(tslab, prevs[p], acc)
+      for i in range(n):
+        acc[i] = np.float32(dslab[i] - acc[i])
+      bi = _first_argmax(acc)
+      val = dslab[bi]
       if val > 0:
+        by = bi // w
+        bx = bi % w
         dx = _shift(det[by, max(bx - 1, 0), j], det[by, min(bx + 1, w - 1), j])
         dy = _shift(det[max(by - 1, 0), bx, j], det[min(by + 1, h - 1), bx, j])
         poses[p, j, 0] = np.float32(bx + 0.5 + dx)
         poses[p, j, 1] = np.float32(by + 0.5 + dy)
         poses[p, j, 2] = val
+
+
+@numba.njit(cache=True)
+def _gather_top_k(ind, tags):
+  """loc_k [K, M, 2] (x, y) and tag_k [K, M, T] at flat indices ind [K, M] of [H, W, K, T]."""
+  h, w, nj, nt = tags.shape
+  m = ind.shape[1]
+  loc_k = np.empty((nj, m, 2), np.int64)
+  tag_k = np.empty((nj, m, nt), np.float32)
+  for j in range(nj):
+    for c in range(m):
+      y = ind[j, c] // w
+      x = ind[j, c] % w
+      loc_k[j, c, 0] = x
+      loc_k[j, c, 1] = y
+      tag_k[j, c, :] = tags[y, x, j, :]
+  return loc_k, tag_k
 
 
 @numba.njit(cache=True)
@@ -496,8 +607,11 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
   """
   p = _params(config)
   heatmaps, tags = _check_maps(heatmaps, tags, len(p['joint_order']))
-  val_k, loc_k, tag_k = _nms_top_k_jit(heatmaps, tags, kernel=int(config.test.nms_kernel),
-                                       padding=int(config.test.nms_padding),
-                                       k=p['max_num_people'])
-  return parse_top_k(np.asarray(val_k), np.asarray(loc_k), np.asarray(tag_k), heatmaps, tags,
-                     config, adjust=adjust, refine=refine)
+  kept = _nms_jit(heatmaps, kernel=int(config.test.nms_kernel),
+                  padding=int(config.test.nms_padding))
+  val_k, ind = _top_k_indices_jit(kept, k=p['max_num_people'])
+  # Only the K x M tags at the candidates are needed: gather them here rather than sending
+  # the whole tag maps to the device.
+  loc_k, tag_k = _gather_top_k(np.asarray(ind), tags)
+  return parse_top_k(np.asarray(val_k), loc_k, tag_k, heatmaps, tags, config, adjust=adjust,
+                     refine=refine)
