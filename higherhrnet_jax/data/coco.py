@@ -158,6 +158,7 @@ class KeypointSource:
     if train:
       ids = [i for i in ids if len(self.coco.getAnnIds(imgIds=i, iscrowd=None)) > 0]
     self.ids: list[int] = ids
+    self._build_store()
     if self.stats['keypoints_outside_image']:
       _log.warning('%s: %d labelled keypoints lie outside their image (kept, as the official '
                    'code does; targets skip them)', self.annotation_file,
@@ -203,6 +204,8 @@ class KeypointSource:
       sizes[img['id']] = (i, img['height'], img['width'])
     seen: dict[Any, int] = {}
     k = self.num_joints
+    used: list[int] = []
+    hw: list[tuple[int, int]] = []
     for i, ann in enumerate(data['annotations']):
       if not isinstance(ann, dict):
         self._fail(f'annotations[{i}]', 'expected an object')
@@ -231,22 +234,34 @@ class KeypointSource:
           n = len(kps) if isinstance(kps, list) else type(kps).__name__
           self._fail(where, f"field 'keypoints' must be a list of {3 * k} numbers ({k} joints), "
                             f'got {n}')
-        try:
-          kp = np.asarray(kps, np.float64).reshape(k, 3)
-        except (TypeError, ValueError):
-          kp = None
-        if kp is None or not np.isfinite(kp).all():
-          self._fail(where, "field 'keypoints' holds a non-finite or non-numeric value")
         if self.scale_aware_sigma:
           box = ann.get('bbox')
           if not (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)
                   and max(box[2], box[3]) > 0):
             self._fail(where, "scale-aware sigma needs a 'bbox' [x, y, w, h] with w or h > 0")
-        lab = kp[:, 2] > 0
-        out = (kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] >= w) | (kp[:, 1] >= h)
-        self.stats['keypoints_outside_image'] += int((lab & out).sum())
+        used.append(i)
+        hw.append((h, w))
       if self.mask_from_segmentation and (iscrowd or nk == 0):
         ann['segmentation'] = self._check_segmentation(where, ann.get('segmentation'), h, w)
+    self._check_keypoints(data['annotations'], used, hw)
+
+  def _check_keypoints(self, anns: list[dict], used: list[int], hw: list[tuple[int, int]]) -> None:
+    """Keypoint values of all used annotations at once (numeric, finite); counts outliers."""
+    k = self.num_joints
+    table = np.array([anns[i]['keypoints'] for i in used]) if used else np.zeros((0, 3 * k))
+    if table.dtype.kind not in 'iuf' or not np.isfinite(table).all():
+      for i in used:  # slow path, only to name the first bad record
+        row = np.array(anns[i]['keypoints'])
+        if row.dtype.kind not in 'iuf' or not np.isfinite(row).all():
+          self._fail(f'annotations[{i}] (id={anns[i]["id"]!r})',
+                     "field 'keypoints' holds a non-finite or non-numeric value")
+    kp = table.astype(np.float64).reshape(len(used), k, 3)
+    size = np.asarray(hw, np.float64).reshape(len(used), 1, 2)
+    out = (kp[..., 0] < 0) | (kp[..., 1] < 0) | (kp[..., 0] >= size[..., 1]) | (
+        kp[..., 1] >= size[..., 0])
+    self.stats['keypoints_outside_image'] += int(((kp[..., 2] > 0) & out).sum())
+    self._kp_table = kp
+    self._kp_row = {anns[i]['id']: r for r, i in enumerate(used)}
 
   def _check_segmentation(self, where: str, seg: Any, h: int, w: int) -> Any:
     """Validates a segmentation; drops polygons pycocotools cannot rasterize as polygons."""
@@ -260,7 +275,9 @@ class KeypointSource:
       self._fail(where, f"field 'segmentation' must be polygons or RLE, got {type(seg).__name__}")
     kept = []
     for j, poly in enumerate(seg):
-      if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+      arr = np.array(poly) if isinstance(poly, list) else None
+      if arr is None or arr.ndim != 1 or (arr.size and (
+          arr.dtype.kind not in 'iuf' or not np.isfinite(arr).all())):
         self._fail(where, f'segmentation[{j}] is not a list of finite numbers')
       # Fewer than 3 points (or an odd count) is not a polygon; pycocotools would even read a
       # 4-number first entry as a box. A zero-area polygon rasterizes to nothing and is kept.
@@ -274,38 +291,73 @@ class KeypointSource:
 
   # ------------------------------------------------------------------ access
 
+  def _build_store(self) -> None:
+    """Compact per-image arrays, so a source pickles quickly into loader workers.
+
+    Joints of all images live in one `[P, K, C]` array with offsets; only the
+    segmentations that enter the mask are kept. The pycocotools index stays in the
+    building process (`self.coco`) and is not pickled.
+    """
+    k = self.num_joints
+    infos, offsets, rows, sigmas, segs = [], [0], [], [], []
+    for image_id in self.ids:
+      img = self.coco.imgs[image_id]
+      infos.append(ImageInfo(int(img['id']), img['file_name'], int(img['height']),
+                             int(img['width'])))
+      anns = self.coco.imgToAnns.get(image_id, [])  # file order, as getAnnIds
+      persons = [a for a in anns if a['iscrowd'] == 0 or a['num_keypoints'] > 0]
+      rows.extend(self._kp_row[a['id']] for a in persons)
+      if self.scale_aware_sigma:
+        sigmas.extend(self._sigma(a['bbox']) for a in persons)
+      offsets.append(offsets[-1] + len(persons))
+      segs.append(tuple(a['segmentation'] for a in anns if self.mask_from_segmentation
+                        and (a['iscrowd'] or a['num_keypoints'] == 0)))
+    store = np.zeros((len(rows), k, 4 if self.scale_aware_sigma else 3))
+    store[:, :, :3] = self._kp_table[np.asarray(rows, np.int64)]
+    if self.scale_aware_sigma and rows:
+      store[:, :, 3] = np.asarray(sigmas, np.float64)[:, None]
+    del self._kp_table, self._kp_row
+    self._infos: list[ImageInfo] = infos
+    self._offsets = np.asarray(offsets, np.int64)
+    self._joints = store
+    self._segmentations: list[tuple] = segs
+
+  def _sigma(self, box: Sequence[float]) -> float:
+    sigma = max(box[2], box[3]) / self.base_size * self.base_sigma
+    if self.int_sigma:
+      sigma = int(np.round(sigma + 0.5))
+    return sigma
+
+  def __getstate__(self) -> dict:
+    state = dict(self.__dict__)
+    state['coco'] = None
+    return state
+
   def __len__(self) -> int:
     return len(self.ids)
 
   def info(self, index: int) -> ImageInfo:
-    img = self.coco.imgs[self.ids[index]]
-    return ImageInfo(int(img['id']), img['file_name'], int(img['height']), int(img['width']))
+    return self._infos[index]
 
   def image_path(self, index: int) -> pathlib.Path:
-    return self.image_dir / self.coco.imgs[self.ids[index]]['file_name']
+    return self.image_dir / self._infos[index].file_name
 
   def annotations(self, index: int) -> list[dict]:
-    """All annotations of the image (any category, crowd included), in file order."""
+    """All annotation records of the image (any category, crowd included), in file order.
+
+    Only in the process that built the source (the pycocotools index is not pickled).
+    """
+    if self.coco is None:
+      raise RuntimeError('annotations() needs the pycocotools index, which is not pickled')
     return self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.ids[index]))
 
   def joints(self, index: int) -> np.ndarray:
     """Official `get_joints`: `[N, K, 3]` float64 (x, y, v), `[N, K, 4]` with scale-aware sigma.
 
-    People are the annotations with `iscrowd == 0 or num_keypoints > 0`, in file order;
-    keypoint-less people are all-zero rows.
+    People are the annotations with `iscrowd == 0 or num_keypoints > 0`, in file order
+    (keypoint-less non-crowd people keep their, normally all-zero, keypoints).
     """
-    anns = [a for a in self.annotations(index) if a['iscrowd'] == 0 or a['num_keypoints'] > 0]
-    k = self.num_joints
-    joints = np.zeros((len(anns), k, 4 if self.scale_aware_sigma else 3))
-    for i, a in enumerate(anns):
-      joints[i, :, :3] = np.asarray(a['keypoints'], np.float64).reshape(k, 3)
-      if self.scale_aware_sigma:
-        box = a['bbox']
-        sigma = max(box[2], box[3]) / self.base_size * self.base_sigma
-        if self.int_sigma:
-          sigma = int(np.round(sigma + 0.5))
-        joints[i, :, 3] = sigma
-    return joints
+    return self._joints[self._offsets[index]:self._offsets[index + 1]].copy()
 
   def mask(self, index: int) -> np.ndarray:
     """Official `get_mask`: `[H, W]` bool, False on crowd regions and keypoint-less people."""
@@ -317,9 +369,8 @@ class KeypointSource:
     with warnings.catch_warnings():
       # pycocotools' decode trips a NumPy 2 `__array__(copy=...)` deprecation; harmless.
       warnings.simplefilter('ignore', DeprecationWarning)
-      for a in self.annotations(index):
-        if a['iscrowd'] or a['num_keypoints'] == 0:
-          covered |= self._decode_segmentation(a['segmentation'], h, w)
+      for seg in self._segmentations[index]:
+        covered |= self._decode_segmentation(seg, h, w)
     return ~covered
 
   @staticmethod

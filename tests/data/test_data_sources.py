@@ -137,3 +137,17 @@ def test_official_split_layout():
   ann, img = coco.split_paths(c, 'test')
   assert ann.as_posix().endswith('json/crowdpose_test.json')
   assert img.as_posix().endswith('images')
+
+
+def test_source_pickles_compactly(coco_src):
+  import pickle
+  blob = pickle.dumps(coco_src)
+  clone = pickle.loads(blob)
+  assert clone.ids == coco_src.ids
+  for i in range(len(coco_src)):
+    np.testing.assert_array_equal(clone.joints(i), coco_src.joints(i))
+    np.testing.assert_array_equal(clone.mask(i), coco_src.mask(i))
+    assert clone.info(i) == coco_src.info(i)
+  with pytest.raises(RuntimeError, match='not pickled'):
+    clone.annotations(0)
+  assert len(coco_src.annotations(1)) == 3  # the building process keeps the index
