@@ -1,0 +1,227 @@
+"""The training loop: init or resume, step, log, evaluate, checkpoint.
+
+`train(config, workdir)` is all `train.py` calls. Re-running the same command resumes
+from the newest readable checkpoint in `workdir`, including the data iterator position,
+so a preempted job continues with exactly the losses it would have produced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import math
+import os
+import pathlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from higherhrnet_jax.training import batches, checkpoint as ckpt_lib, logging as log_lib, optim
+from higherhrnet_jax.training import sharding as sharding_lib, state as state_lib, step as step_lib
+
+log = log_lib.log
+
+# "Epoch" of generated data (`config.data.source = 'synthetic'`), for the LR schedule.
+SYNTHETIC_EPOCH_SIZE = 1024
+
+
+class CheckpointableIterator(Protocol):
+  """What the loop needs from the data: batches plus a grain-style checkpointable position."""
+
+  def __next__(self) -> Mapping[str, np.ndarray]: ...
+
+  def get_state(self) -> Any: ...
+
+  def set_state(self, state: Any) -> None: ...
+
+
+DataFn = Callable[[ml_collections.ConfigDict, int], tuple[CheckpointableIterator, int]]
+EvaluateFn = Callable[[Mapping[str, Any]], Mapping[str, float]]
+StepHook = Callable[[int, Mapping[str, float]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+def make_train_data(config: ml_collections.ConfigDict, local_batch_size: int
+                    ) -> tuple[CheckpointableIterator, int]:
+  """The loop's only data dependency: this host's batch iterator and the dataset size.
+
+  Args:
+    config: full config.
+    local_batch_size: images per step on this host (global batch / process count).
+
+  Returns:
+    `(iterator, num_train_samples)`; the iterator yields the training-batch contract
+    (`image`, `heatmaps_s`, `masks_s`, `joints_s`) and has `get_state`/`set_state`.
+  """
+  if config.data.source == 'synthetic':
+    it = batches.SyntheticIterator(config, local_batch_size, seed=config.seed,
+                                   process_index=jax.process_index())
+    return it, SYNTHETIC_EPOCH_SIZE
+  try:
+    from higherhrnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise RuntimeError('the data pipeline (higherhrnet_jax.data.pipeline) is not available; '
+                       "use --config.data.source=synthetic for a smoke run") from e
+  return pipeline.make_train_loader(config, local_batch_size)
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls `jax.distributed.initialize()` when the environment describes a multi-process job.
+
+  Recognised: an explicit coordinator (`JAX_COORDINATOR_ADDRESS`), SLURM / Open MPI with
+  more than one task, or a multi-host Cloud TPU slice. Must run before any JAX
+  computation.
+  """
+  env = os.environ
+  multi = (
+      'JAX_COORDINATOR_ADDRESS' in env
+      or int(env.get('SLURM_NTASKS', '1')) > 1
+      or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+      or ',' in env.get('TPU_WORKER_HOSTNAMES', '')
+  )
+  if multi:
+    jax.distributed.initialize()
+
+
+def _initial_variables(config: ml_collections.ConfigDict, state: state_lib.TrainState) -> dict | None:
+  """Pretrained variables from `config.model.pretrained`, or None (official random init)."""
+  path = config.model.pretrained
+  if not path:
+    return None
+  from higherhrnet_jax import convert  # pylint: disable=g-import-not-at-top
+
+  weights = convert.read_state_dict(path)
+  if convert.is_pose_checkpoint(weights):
+    log.info('initialising from the full HigherHRNet checkpoint %s', path)
+    return convert.load_official(weights, config.model)
+  current = {'params': state.params, 'batch_stats': state.batch_stats}
+  variables, report = convert.load_imagenet_backbone(
+      weights, jax.device_get(current), layers=tuple(config.model.pretrained_layers))
+  log.info('initialising the backbone from %s: %s', path, report)
+  return variables
+
+
+def _setup_logging(workdir: pathlib.Path) -> None:
+  level = std_logging.INFO if log_lib.is_chief() else std_logging.WARNING
+  log.setLevel(level)
+  if not log.handlers:
+    log.propagate = False
+    handler = std_logging.StreamHandler()
+    handler.setFormatter(std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+    log.addHandler(handler)
+  if log_lib.is_chief():
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    *,
+    model: nn.Module | None = None,
+    data_fn: DataFn | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    step_hooks: Sequence[StepHook] = (),
+    mesh: jax.sharding.Mesh | None = None,
+) -> state_lib.TrainState:
+  """Trains (or resumes training) until `train.num_steps` / `train.end_epoch`.
+
+  Args:
+    config: full, validated config.
+    workdir: checkpoints, TensorBoard events and the config copy go here.
+    model: defaults to `models.build(config.model)`.
+    data_fn: defaults to `make_train_data`.
+    evaluate_fn: `evaluate_fn({'params', 'batch_stats'}) -> {'AP': ..., ...}`, called every
+      `train.eval_every_epochs` epochs and at the end; AP selects the best checkpoint.
+    step_hooks: `hook(step, metrics)` after every step (host floats), e.g. for tests.
+    mesh: defaults to all devices of all processes.
+
+  Returns:
+    The final TrainState.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf (nothing is saved after that step).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  _setup_logging(workdir)
+  t = config.train
+  mesh = mesh or sharding_lib.make_mesh()
+  sharding_lib.check_batch_size(t.batch_size, mesh)
+  if model is None:
+    from higherhrnet_jax import models  # pylint: disable=g-import-not-at-top
+
+    model = models.build(config.model)
+
+  data_iter, num_samples = (data_fn or make_train_data)(config, sharding_lib.local_batch_size(t.batch_size))
+  updates_per_epoch = optim.steps_per_epoch(config, num_samples)
+  accum = int(t.grad_accum_steps)
+  steps_per_epoch = updates_per_epoch * accum  # train_step calls per epoch
+  total_steps = optim.total_updates(config, updates_per_epoch) * accum
+  tx, schedule = optim.make_optimizer(config, updates_per_epoch)
+
+  size = config.data.input_size
+  state, shardings = state_lib.create_train_state(
+      model, tx, jax.random.PRNGKey(config.seed), (1, size, size, 3), mesh, t.shard_params)
+  train_step = step_lib.make_train_step(model, tx, config, mesh, shardings, schedule)
+
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=t.keep_checkpoints, every_steps=t.checkpoint_every_steps)
+  restored = ckpt.restore_latest(state_lib.abstract_state(state, shardings))
+  if restored is not None:
+    state, data_state, start = restored
+    if data_state is not None:
+      data_iter.set_state(data_state)
+    log.info('resumed from %s at step %d', ckpt.workdir / 'checkpoints', start)
+  else:
+    start = 0
+    variables = _initial_variables(config, state)
+    if variables is not None:
+      state = state.replace(
+          params=jax.device_put(variables['params'], shardings.params),
+          batch_stats=jax.device_put(variables['batch_stats'], shardings.batch_stats))
+    if log_lib.is_chief():
+      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  log.info('%d parameters, global batch %d (x%d accumulation), %d steps/epoch, %d steps, %d devices',
+           state_lib.param_count(state.params), t.batch_size, accum, steps_per_epoch, total_steps,
+           mesh.size)
+
+  writer = log_lib.MetricWriter(workdir / 'tensorboard')
+  progress = log_lib.Progress(total_steps, t.batch_size)
+  eval_every = int(t.eval_every_epochs) * steps_per_epoch
+  step = start
+  progress.start(step)
+  try:
+    while step < total_steps:
+      batch = sharding_lib.global_batch(next(data_iter), mesh)
+      state, metrics = train_step(state, batch, step_lib.step_rng(state.rng, step))
+      step += 1
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics['loss']):
+        ckpt.wait()
+        good = max(ckpt.all_steps(), default=None)
+        raise NonFiniteLossError(
+            f'non-finite loss {metrics["loss"]} at step {step} (terms: {metrics}); training '
+            f'stopped. Last good checkpoint: '
+            + (f'step {good} in {ckpt.workdir / "checkpoints"}' if good is not None else 'none'))
+      for hook in step_hooks:
+        hook(step, metrics)
+      if step % t.log_every_steps == 0 or step == total_steps:
+        speed = progress.update(step)
+        log.info(progress.line(step, step / steps_per_epoch, metrics, speed))
+        writer.scalars(step, {**metrics, **{k: v for k, v in speed.items() if k != 'eta_s'}})
+      ckpt.maybe_save(step, state, data_iter.get_state())
+      if evaluate_fn is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
+        results = dict(evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats}))
+        log.info('eval at step %d: %s', step, json.dumps({k: round(float(v), 4) for k, v in results.items()}))
+        writer.scalars(step, results, prefix='eval')
+        ckpt.save_best(step, state, data_iter.get_state(), results)
+    ckpt.save(step, state, data_iter.get_state())
+  finally:
+    ckpt.close()
+    writer.close()
+  return state

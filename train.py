@@ -1,0 +1,33 @@
+"""Trains HigherHRNet; re-running the same command resumes from the newest checkpoint.
+
+  python train.py --config=configs/coco/higherhrnet_w32_512.py --workdir=runs/w32_512 \
+      [--config.train.batch_size=48 ...]
+
+Smoke run on generated data:
+
+  python train.py --config=configs/tiny.py --workdir=/tmp/tiny \
+      --config.data.source=synthetic --config.train.num_steps=50 --config.train.log_every_steps=5
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from higherhrnet_jax import config as config_lib
+from higherhrnet_jax.training import loop
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (defines get_config()).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, TensorBoard, config.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  loop.maybe_initialize_distributed()  # before any JAX computation
+  config = config_lib.validate(_CONFIG.value)
+  loop.train(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
