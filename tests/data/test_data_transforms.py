@@ -163,3 +163,19 @@ def test_reuse_large_buffers_is_safe_to_call():
   assert transforms.reuse_large_buffers() in (True, False)
   a = np.zeros((256, 256, 17), np.float32)
   assert a.sum() == 0
+
+
+def test_sample_is_pure_function_of_generator_seed(src):
+  cfg = transforms.SampleConfig.from_config(config_lib.with_input_size(config_lib.base_config(), 128))
+  ex = src.train_example(1)
+
+  def sample(seed):
+    draws = transforms.sample_draws(np.random.default_rng(seed), ex['image'].shape[:2], cfg)
+    return transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], draws, cfg)
+
+  a, b, c = sample(11), sample(11), sample(12)
+  assert set(a) == {'image', 'heatmaps_0', 'heatmaps_1', 'masks_0', 'masks_1', 'joints_0',
+                    'joints_1'}
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(a['image'], c['image'])
