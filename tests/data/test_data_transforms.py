@@ -166,7 +166,8 @@ def test_reuse_large_buffers_is_safe_to_call():
 
 
 def test_sample_is_pure_function_of_generator_seed(src):
-  cfg = transforms.SampleConfig.from_config(config_lib.with_input_size(config_lib.base_config(), 128))
+  tiny_input = config_lib.with_input_size(config_lib.base_config(), 128)
+  cfg = transforms.SampleConfig.from_config(tiny_input)
   ex = src.train_example(1)
 
   def sample(seed):
