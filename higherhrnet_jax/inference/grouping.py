@@ -382,6 +382,19 @@ def _tag_rounded_distance(tslab, prev, acc):
 
 
 @numba.njit(cache=True)
+def _blocked_transpose(a):
+  """[N, C] -> contiguous [C, N], in blocks of rows so reads and writes stay in cache."""
+  n, c = a.shape
+  out = np.empty((c, n), a.dtype)
+  for i0 in range(0, n, 64):
+    i1 = min(i0 + 64, n)
+    for k in range(c):
+      for i in range(i0, i1):
+        out[k, i] = a[i, k]
+  return out
+
+
+@numba.njit(cache=True)
 def _first_argmax(a):
   """`np.argmax` of a finite 1-d array: the maximum from eight independent lanes (a loop the
   compiler can vectorise), then the first index holding it."""
@@ -433,18 +446,14 @@ def _refine(poses, det, tags):
     _mean_rows_f32(rows, cnt, prevs[p])
     for j in range(nj):
       need[p, j] = poses[p, j, 2] == 0
-  dslab = np.empty(n, np.float32)
-  tslab = np.empty((nt, n), np.float32)
+  if not need.any():
+    return
+  dslabs = _blocked_transpose(det.reshape(n, nj))
+  tslabs = _blocked_transpose(tags.reshape(n, nj * nt)).reshape(nj, nt, n)
   acc = np.empty(n, np.float32)
   for j in range(nj):
-    if not need[:, j].any():
-      continue
-    for y in range(h):
-      for x in range(w):
-        i = y * w + x
-        dslab[i] = det[y, x, j]
-        for t in range(nt):
-          tslab[t, i] = tags[y, x, j, t]
+    dslab = dslabs[j]
+    tslab = tslabs[j]
     for p in range(npeople):
       if not need[p, j]:
         continue
