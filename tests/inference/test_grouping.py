@@ -1,0 +1,221 @@
+"""Grouping parity with the official `HeatmapParser` (fixture grouping.npz) and bad input.
+
+Tolerances: top-k values/locations/tags, matched, grouped (TT/TF/FF) and scores all exact
+(the fixture README: float64 matching, float32 refine arithmetic, NumPy pairwise score mean).
+The fixture stores NCHW-style arrays (1, K, H, W[, T]); they are transposed here to our
+[H, W, K(, T)] layout.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from higherhrnet_jax.config import base_config
+from higherhrnet_jax.inference import grouping
+
+MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
+
+
+@pytest.fixture(scope='module')
+def scenes(fixtures_dir):
+  z = np.load(fixtures_dir / 'grouping.npz')
+  out = []
+  for s in range(int(z['num_scenes'])):
+    p = f's{s:02d}_'
+    d = {k[len(p):]: z[k] for k in z.files if k.startswith(p) and '_gen_' not in k}
+    d['hm'] = np.ascontiguousarray(d['det'][0].transpose(1, 2, 0))
+    d['tg'] = np.ascontiguousarray(d['tag'][0].transpose(1, 2, 0, 3))
+    out.append(d)
+  return out
+
+
+@pytest.fixture(scope='module')
+def config():
+  return base_config()
+
+
+def test_nms_top_k_exact(scenes):
+  fn = jax.jit(grouping.nms_top_k)
+  for d in scenes:
+    val_k, loc_k, tag_k = (np.asarray(a) for a in fn(d['hm'], d['tg']))
+    np.testing.assert_array_equal(val_k, d['val_k'][0])
+    np.testing.assert_array_equal(loc_k, d['loc_k'][0])
+    np.testing.assert_array_equal(tag_k, d['tag_k'][0])
+
+
+def test_nms_top_k_batch_axis(scenes):
+  same = [d for d in scenes if d['hm'].shape[:2] == (128, 128)][:2]
+  hm = np.stack([d['hm'] for d in same])
+  tg = np.stack([d['tg'] for d in same])
+  val_k, loc_k, tag_k = jax.jit(grouping.nms_top_k)(hm, tg)
+  for b, d in enumerate(same):
+    np.testing.assert_array_equal(val_k[b], d['val_k'][0])
+    np.testing.assert_array_equal(loc_k[b], d['loc_k'][0])
+    np.testing.assert_array_equal(tag_k[b], d['tag_k'][0])
+
+
+def test_match_from_stored_top_k(scenes, config):
+  """`match_by_tag` alone, fed with the official top-k arrays."""
+  for d in scenes:
+    poses, _ = grouping.parse_top_k(d['val_k'][0], d['loc_k'][0], d['tag_k'][0], d['hm'],
+                                    d['tg'], config, adjust=False, refine=False)
+    np.testing.assert_array_equal(poses, d['matched'])
+
+
+@pytest.mark.parametrize('mode', sorted(MODES))
+def test_parse_parity_all_scenes(scenes, config, mode):
+  adjust, refine = MODES[mode]
+  for i, d in enumerate(scenes):
+    poses, scores = grouping.parse(d['hm'], d['tg'], config, adjust=adjust, refine=refine)
+    assert poses.dtype == np.float32 and scores.dtype == np.float32
+    assert poses.shape == d[f'grouped_{mode}'].shape, i
+    np.testing.assert_array_equal(poses, d[f'grouped_{mode}'], err_msg=f'scene {i}')
+    np.testing.assert_array_equal(scores, d[f'scores_{mode}'], err_msg=f'scene {i}')
+
+
+# ------------------------------------------------------------------- hand-built top-k cases
+
+
+def _small_config(max_people=2, ignore_too_much=False):
+  c = base_config()
+  c.data.max_num_people = max_people
+  c.test.ignore_too_much = ignore_too_much
+  return c
+
+
+def _top_k(tags_per_joint, nj=17):
+  """Top-k arrays where joint `order[i]` has detections with the given tag0 values."""
+  order = base_config().dataset.keypoints.joint_order
+  m = max(len(t) for t in tags_per_joint)
+  val_k = np.zeros((nj, m), np.float32)
+  loc_k = np.zeros((nj, m, 2), np.int64)
+  tag_k = np.zeros((nj, m, 2), np.float32)
+  for i, tags in enumerate(tags_per_joint):
+    j = order[i]
+    for c, t in enumerate(tags):
+      val_k[j, c] = 0.9 - 0.1 * c
+      loc_k[j, c] = (10 * c + i, 20 + c)
+      tag_k[j, c] = (t, 0.0)
+  return order, val_k, loc_k, tag_k
+
+
+def _maps(nj=17, h=32, w=48, nt=2):
+  return np.zeros((h, w, nj), np.float32), np.zeros((h, w, nj, nt), np.float32)
+
+
+def test_groups_beyond_max_num_people_get_no_joints():
+  # Joint order[0] opens groups keyed 0 and 10; order[1] (tags 20, 30: too far) opens two
+  # more; at order[2] only the first two keys are candidates, so tags 20.1 / 30.1 cannot
+  # join groups 20 / 30 and open new ones: 6 people with one joint each.
+  order, val_k, loc_k, tag_k = _top_k([[0.0, 10.0], [20.0, 30.0], [20.1, 30.1]])
+  poses, scores = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), _small_config(),
+                                       adjust=False, refine=False)
+  assert poses.shape == (6, 17, 5) and scores.shape == (6,)
+  assert ((poses[:, :, 2] > 0).sum(axis=1) == 1).all()
+  assert [order.index(int(np.flatnonzero(p[:, 2])[0])) for p in poses] == [0, 0, 1, 1, 2, 2]
+  np.testing.assert_array_equal(poses[4, order[2], 3], np.float32(20.1))
+
+
+def test_groups_within_max_num_people_do_get_joints():
+  order, val_k, loc_k, tag_k = _top_k([[0.0, 10.0], [0.2, 10.3]])
+  poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), _small_config(),
+                                  adjust=False, refine=False)
+  assert poses.shape == (2, 17, 5)
+  np.testing.assert_array_equal(poses[:, order[1], 3], np.float32([0.2, 10.3]))
+
+
+def test_ignore_too_much_skips_joints_once_full():
+  order, val_k, loc_k, tag_k = _top_k([[0.0, 10.0], [0.2, 10.3]])
+  poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(),
+                                  _small_config(ignore_too_much=True), adjust=False,
+                                  refine=False)
+  assert poses.shape == (2, 17, 5)
+  assert (poses[:, order[1], 2] == 0).all()
+
+
+def test_equal_keys_share_a_group_like_the_official_dict():
+  # Two detections of the first joint with the same tag0 land in one dict entry: the second
+  # overwrites the first.
+  order, val_k, loc_k, tag_k = _top_k([[3.0, 3.0]])
+  poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), _small_config(),
+                                  adjust=False, refine=False)
+  assert poses.shape == (1, 17, 5)
+  np.testing.assert_array_equal(poses[0, order[0], :3], [10, 21, np.float32(0.8)])
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_no_detection_gives_empty_results(config):
+  hm, tg = _maps()
+  hm[5, 5, :] = 0.05  # below detection_threshold 0.1
+  poses, scores = grouping.parse(hm, tg, config)
+  assert poses.shape == (0, 17, 5) and poses.dtype == np.float32
+  assert scores.shape == (0,) and scores.dtype == np.float32
+
+
+@pytest.mark.parametrize('where', ['heatmaps', 'tags'])
+@pytest.mark.parametrize('value', [np.nan, np.inf])
+def test_non_finite_maps_raise(config, where, value):
+  hm, tg = _maps()
+  (hm if where == 'heatmaps' else tg)[3, 4, 5] = value
+  with pytest.raises(ValueError, match=f'{where} contain NaN or infinite'):
+    grouping.parse(hm, tg, config)
+
+
+def test_misshaped_maps_raise(config):
+  hm, tg = _maps()
+  with pytest.raises(ValueError, match='joint_order'):
+    grouping.parse(hm[..., :5], tg[..., :5, :], config)
+  with pytest.raises(ValueError, match=r'tags must be \[H, W, K, T\]'):
+    grouping.parse(hm, tg[:, :-1], config)
+  bad = _small_config()
+  bad.test.nms_padding = 1
+  with pytest.raises(ValueError, match='nms_kernel'):
+    grouping.parse(hm, tg, bad)
+
+
+# ------------------------------------------------------------------ NumPy summation order
+
+
+def test_float32_means_follow_numpy():
+  rng = np.random.default_rng(0)
+  out = np.empty(3, np.float32)
+  for _ in range(300):
+    n, t = int(rng.integers(1, 40)), int(rng.integers(1, 4))
+    rows = rng.standard_normal((n, t)).astype(np.float32)
+    grouping._mean_rows_f32(rows, n, out)
+    np.testing.assert_array_equal(out[:t], np.mean(list(rows), axis=0))
+  for n in (1, 7, 8, 17, 129, 300, 1031):
+    a = rng.standard_normal(n).astype(np.float32)
+    assert grouping._pairwise_sum(a, 0, n) == np.sum(a)
+    poses = rng.random((2, n, 3)).astype(np.float32)
+    np.testing.assert_array_equal(grouping._scores(poses), [p[:, 2].mean() for p in poses])
+
+
+def _baseline():
+  path = pathlib.Path(__file__).resolve().parents[2] / 'bench' / 'grouping.py'
+  spec = importlib.util.spec_from_file_location('bench_grouping_baseline', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_single_tag_channel_and_no_detection_value(scenes):
+  """No fixture covers T = 1 (pairwise means) or use_detection_val=False: cross-check with
+  the plain NumPy + munkres 1.1.4 rendering of the official algorithm in bench/grouping.py
+  (exact equality)."""
+  pytest.importorskip('munkres')
+  baseline = _baseline()
+  c = base_config()
+  for d in scenes[:4]:
+    tg = np.ascontiguousarray(d['tg'][..., :1])
+    for use_val in (True, False):
+      c.test.use_detection_val = use_val
+      ours = grouping.parse(d['hm'], tg, c)
+      ref = baseline.baseline_parse(d['hm'], tg, c)
+      np.testing.assert_array_equal(ours[0], ref[0])
+      np.testing.assert_array_equal(ours[1], ref[1])
