@@ -1,0 +1,114 @@
+"""Draws predicted skeletons on an image, a folder of images or a video.
+
+  python -m higherhrnet_jax.demo --config=configs/coco/higherhrnet_w32_512.py \
+      --checkpoint=pose_higher_hrnet_w32_512.pth --input=people.jpg --output=out/
+
+Images give `<name>.png` with the skeletons and `<name>.json` with the people (joints in
+image pixels, joint scores, person score); a video gives `<name>.mp4` (same frame rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import cv2
+import numpy as np
+
+from higherhrnet_jax import cli, config as config_lib, keypoints, visualize
+from higherhrnet_jax.data.coco import CorruptImageError, decode_image
+from higherhrnet_jax.inference.predictor import Prediction, Predictor
+
+IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff'}
+VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm'}
+
+
+def _people_json(pred: Prediction) -> list[dict]:
+  return [{'keypoints': p[:, :3].round(2).tolist(), 'score': float(s)}
+          for p, s in zip(pred.poses, pred.scores)]
+
+
+def run_images(predictor: Predictor, paths: list[pathlib.Path], out: pathlib.Path,
+               spec: keypoints.KeypointSpec, score_threshold: float) -> int:
+  """Predicts and draws every readable image; returns how many were skipped."""
+  skipped = 0
+  for path in paths:
+    try:
+      image = decode_image(path)
+    except CorruptImageError as e:
+      print(f'skipping {path}: {e}', file=sys.stderr)
+      skipped += 1
+      continue
+    pred = predictor(image)
+    drawn = visualize.draw_poses(image, pred.poses, spec, scores=pred.scores,
+                                 score_threshold=score_threshold)
+    visualize.save_rgb(out / f'{path.stem}.png', drawn)
+    (out / f'{path.stem}.json').write_text(json.dumps(_people_json(pred)))
+    print(f'{path.name}: {len(pred.scores)} people')
+  return skipped
+
+
+def run_video(predictor: Predictor, path: pathlib.Path, out: pathlib.Path,
+              spec: keypoints.KeypointSpec, score_threshold: float) -> int:
+  """Predicts every frame of a video and writes `<name>.mp4`; returns the frame count."""
+  cap = cv2.VideoCapture(str(path))
+  if not cap.isOpened():
+    raise ValueError(f'--input: cannot open video {path}')
+  fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+  writer, frames = None, 0
+  try:
+    while True:
+      ok, bgr = cap.read()
+      if not ok:
+        break
+      rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+      pred = predictor(rgb)
+      drawn = visualize.draw_poses(rgb, pred.poses, spec, scores=pred.scores,
+                                   score_threshold=score_threshold)
+      if writer is None:
+        h, w = drawn.shape[:2]
+        writer = cv2.VideoWriter(str(out / f'{path.stem}.mp4'), cv2.VideoWriter_fourcc(*'mp4v'),
+                                 fps, (w, h))
+      writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+      frames += 1
+  finally:
+    cap.release()
+    if writer is not None:
+      writer.release()
+  if frames == 0:
+    raise ValueError(f'--input: no frame could be read from {path}')
+  return frames
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  path, overrides, rest = cli._config_and_overrides(argv)
+  p = argparse.ArgumentParser(prog='python -m higherhrnet_jax.demo')
+  p.add_argument('--checkpoint', required=True, help='official .pth/.npz or training workdir')
+  p.add_argument('--input', required=True, help='image, folder of images, or video')
+  p.add_argument('--output', required=True, help='output folder')
+  p.add_argument('--score_threshold', type=float, default=0.1)
+  a = p.parse_args(rest)
+  config = config_lib.load_config(path, overrides)
+  predictor = Predictor(config, cli.load_variables(a.checkpoint, config))
+  spec = keypoints.spec_from_config(config.dataset.keypoints)
+  src, out = pathlib.Path(a.input), pathlib.Path(a.output)
+  out.mkdir(parents=True, exist_ok=True)
+  if src.is_dir():
+    paths = sorted(q for q in src.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+      raise SystemExit(f'--input: no images in {src}')
+    run_images(predictor, paths, out, spec, a.score_threshold)
+  elif src.suffix.lower() in VIDEO_SUFFIXES:
+    n = run_video(predictor, src, out, spec, a.score_threshold)
+    print(f'{src.name}: {n} frames -> {out / (src.stem + ".mp4")}')
+  elif src.is_file():
+    run_images(predictor, [src], out, spec, a.score_threshold)
+  else:
+    raise SystemExit(f'--input: not found: {src}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,127 @@
+"""Evaluating a model on a dataset split: predictions, results file, metrics, pictures.
+
+Shared by `eval.py` and the periodic evaluation of the trainer. Unreadable images are
+skipped and counted (the count is part of the metrics), never fatal and never silent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+
+from higherhrnet_jax import keypoints, visualize
+from higherhrnet_jax.data import coco as coco_data
+from higherhrnet_jax.evaluation import coco as coco_eval
+from higherhrnet_jax.evaluation import crowdpose as crowdpose_eval
+from higherhrnet_jax.inference.predictor import Predictor
+
+_log = logging.getLogger(__name__)
+
+
+def _images(source: coco_data.KeypointSource, count: int, skipped: list[str]):
+  for index in range(count):
+    try:
+      example = source.eval_example(index)
+    except coco_data.CorruptImageError as e:
+      skipped.append(str(e))
+      _log.warning('skipping unreadable image: %s', e)
+      continue
+    yield example['image_id'], example['image']
+
+
+def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource | None = None,
+             out_dir: str | pathlib.Path | None = None, max_images: int = 0,
+             batch_size: int = 1, render: int = 0, progress: bool = False,
+             profile: bool = True) -> dict[str, Any]:
+  """Predicts every image of the test split and scores the results.
+
+  Args:
+    predictor: compiled inference for the model to evaluate.
+    config: full config (`dataset.*` locates the split; `test.*` sets flip/adjust/refine).
+    source: the split to use (default: `dataset.test_split` from the config).
+    out_dir: if given, receives `results.json` (COCO results records), `metrics.json` and
+      up to `render` pictures `pred_<image_id>.png`.
+    max_images: evaluate only the first N images (0: all).
+    batch_size: images per device batch.
+    render: number of pictures to draw.
+    progress: show a progress bar.
+    profile: attribute time to network / aggregation / grouping (waits between stages).
+
+  Returns:
+    metrics: the evaluator's stats (COCO: AP, AP50, ...; CrowdPose: also APeasy, ...),
+    `num_images`, `num_skipped_images`, per-image times in ms and `wall_s`.
+  """
+  t_start = time.perf_counter()
+  source = source or coco_data.source_from_config(config, train=False)
+  spec = keypoints.spec_from_config(config.dataset.keypoints)
+  count = len(source) if not max_images else min(max_images, len(source))
+  skipped: list[str] = []
+  stream = _images(source, count, skipped)
+  drawn: dict[int, np.ndarray] = {}
+  if render:
+    stream = _keep_first(stream, render, drawn)
+  results = predictor.predict_many(stream, batch_size=batch_size, profile=profile)
+  if progress:
+    import tqdm
+    results = tqdm.tqdm(results, total=count, desc='eval', unit='img')
+  ids, poses, scores = [], [], []
+  before = dict(predictor.timings)
+  for image_id, pred in results:
+    ids.append(image_id)
+    poses.append(pred.poses)
+    scores.append(pred.scores)
+  t = config.test
+  records = coco_eval.results_records(
+      ids, poses, scores, oks_nms_threshold=0.9 if t.oks_nms else None, rescore=bool(t.rescore),
+      sigmas=spec.sigmas)
+  ann_file = source.annotation_file
+  if config.dataset.name == 'crowdpose':
+    metrics = crowdpose_eval.evaluate_crowdpose(ann_file, records, sigmas=spec.sigmas)
+  else:
+    metrics = coco_eval.evaluate_coco(ann_file, records, sigmas=spec.sigmas, image_ids=ids)
+  n = max(len(ids), 1)
+  done = {k: predictor.timings[k] - before[k] for k in ('network', 'aggregation', 'grouping')}
+  metrics.update({
+      'num_images': len(ids),
+      'num_skipped_images': len(skipped),
+      'num_people': int(sum(len(s) for s in scores)),
+      'network_ms': 1e3 * done['network'] / n,
+      'aggregation_ms': 1e3 * done['aggregation'] / n,
+      'grouping_ms': 1e3 * done['grouping'] / n,
+      'wall_s': time.perf_counter() - t_start,
+  })
+  if out_dir is not None:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    coco_eval.write_results(records, out / 'results.json')
+    (out / 'metrics.json').write_text(json.dumps(
+        {k: v for k, v in metrics.items() if k != 'summary'}, indent=2))
+    by_id = dict(zip(ids, zip(poses, scores)))
+    for image_id, image in drawn.items():
+      if image_id in by_id:
+        p, s = by_id[image_id]
+        visualize.save_rgb(out / f'pred_{image_id}.png', visualize.draw_poses(image, p, spec, scores=s))
+  return metrics
+
+
+def _keep_first(stream, n: int, store: dict):
+  for image_id, image in stream:
+    if len(store) < n:
+      store[image_id] = image
+    yield image_id, image
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+  """The metrics as a small two-row table (names, values), plus the per-image times."""
+  names = [k for k in (*coco_eval.STATS_NAMES, 'APeasy', 'APmedium', 'APhard') if k in metrics]
+  head = ' | '.join(f'{k:>8}' for k in names)
+  vals = ' | '.join(f'{metrics[k]:8.4f}' for k in names)
+  times = (f"per image: network {metrics['network_ms']:.1f} ms, aggregation "
+           f"{metrics['aggregation_ms']:.1f} ms, grouping {metrics['grouping_ms']:.1f} ms; "
+           f"{metrics['num_images']} images, {metrics['num_skipped_images']} skipped")
+  return f'{head}\n{vals}\n{times}'

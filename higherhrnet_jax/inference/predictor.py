@@ -1,0 +1,238 @@
+"""Image in, people out: the official test loop as three compiled stages and a host stage.
+
+1. *network*: normalisation, flip-test batch and the HigherHRNet forward (jitted, batch
+   split over all local devices);
+2. *aggregation*: stage fusion, flip averaging, projection and multi-scale aggregation
+   (jitted, see `outputs.py`), then NMS and top-k (jitted on its own: fused with its
+   producer, XLA:CPU runs TopK several times slower);
+3. *grouping*: tag matching, adjust and refine on the host (numba), then the map back to
+   image pixels.
+
+Images are padded to shape buckets (`test.shape_bucket`), so a dataset compiles a handful
+of programs. JAX dispatch is asynchronous: `Predictor.dispatch` returns at once, so a
+caller can group batch n on the host while the device runs batch n + 1
+(:func:`Predictor.predict_many` does exactly that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from higherhrnet_jax import models
+from higherhrnet_jax.inference import grouping
+from higherhrnet_jax.inference import outputs as outputs_lib
+from higherhrnet_jax.inference import transforms
+
+
+@dataclasses.dataclass
+class Prediction:
+  """People found in one image.
+
+  Attributes:
+    poses: [P, K, 3 + T] float32 (x, y, joint score, tags...) in image pixels.
+    scores: [P] float32 person scores.
+  """
+
+  poses: np.ndarray
+  scores: np.ndarray
+
+
+@dataclasses.dataclass
+class _InFlight:
+  inputs: list[transforms.TestInput]
+  final: jax.Array
+  tags: jax.Array
+  top_k: tuple[jax.Array, jax.Array, jax.Array]
+  base_hw: np.ndarray
+  t_dispatch: float
+
+
+def network_outputs(apply_fn, spec: outputs_lib.OutputSpec, variables, images, input_hw):
+  """Runs the network on every scale (and its mirror image with flip test).
+
+  Args:
+    apply_fn: `apply_fn(variables, x [B, H, W, 3] float32) -> list of stage outputs`.
+    spec: output spec (flip test on/off).
+    variables: model variables.
+    images: per scale, uint8 RGB [B, H_s, W_s, 3] padded at the bottom/right.
+    input_hw: per scale, [B, 2] int32 valid sizes (the mirror is taken of the valid part).
+
+  Returns:
+    `(outputs, flip_outputs)`: per scale, per stage arrays; `flip_outputs` is None without
+    flip test.
+  """
+  outs, flips = [], []
+  for img, hw in zip(images, input_hw):
+    x = outputs_lib.normalize(img)
+    b = x.shape[0]
+    if spec.flip_test:
+      both = apply_fn(variables, jnp.concatenate([x, outputs_lib.flip_width(x, hw[:, 1])], axis=0))
+      outs.append([o[:b] for o in both])
+      flips.append([o[b:] for o in both])
+    else:
+      outs.append(list(apply_fn(variables, x)))
+  return outs, (flips if spec.flip_test else None)
+
+
+class Predictor:
+  """Compiled inference for one model and config.
+
+  Args:
+    config: full config (uses `model`, `loss`, `test`, `data.input_size`,
+      `data.max_num_people`, `dataset.keypoints`).
+    variables: `{'params', 'batch_stats'}` of the model.
+    devices: devices to split each batch over (default: all local devices).
+  """
+
+  def __init__(self, config, variables, devices: Sequence[jax.Device] | None = None):
+    self.config = config
+    self.model = models.build(config.model)
+    self.spec = outputs_lib.OutputSpec.from_config(config)
+    devices = list(devices or jax.local_devices())
+    self.mesh = Mesh(np.asarray(devices), ('data',))
+    self._batch_sharding = NamedSharding(self.mesh, P('data'))
+    replicated = NamedSharding(self.mesh, P())
+    self.variables = jax.device_put(variables, replicated)
+    apply_fn = lambda v, x: self.model.apply(v, x, train=False)
+    self._network = jax.jit(functools.partial(network_outputs, apply_fn, self.spec))
+    self._aggregate = jax.jit(functools.partial(outputs_lib.aggregate_outputs, self.spec),
+                              static_argnames=('input_shapes', 'base_shape'))
+    t = config.test
+    self._top_k = jax.jit(functools.partial(
+        grouping.nms_top_k, kernel=int(t.nms_kernel), padding=int(t.nms_padding),
+        k=int(config.data.max_num_people)))
+    if float(t.detection_threshold) <= 0:
+      # Padded maps hold zeros that would then compete with real candidates.
+      raise ValueError('test.detection_threshold: must be > 0 for padded batches')
+    self.timings = {'network': 0.0, 'aggregation': 0.0, 'grouping': 0.0, 'images': 0}
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.devices.size
+
+  def prepare(self, image: np.ndarray) -> transforms.TestInput:
+    """Resizes one RGB uint8 image for every test scale (host, OpenCV)."""
+    return transforms.prepare_test_input(image, int(self.config.data.input_size),
+                                         tuple(self.config.test.scale_factor))
+
+  def dispatch(self, inputs: Sequence[transforms.TestInput], profile: bool = False) -> _InFlight:
+    """Starts the device work for a batch of prepared images; returns without waiting.
+
+    With `profile=True` it waits after each stage to attribute time to it (the default
+    overlaps the stages and only the total is meaningful).
+    """
+    inputs = list(inputs)
+    n = len(inputs)
+    pad = (-n) % self.num_devices
+    padded = inputs + [inputs[-1]] * pad  # repeated images keep the bucket; dropped later
+    bucket = transforms.bucket_batch(padded, int(self.config.test.shape_bucket))
+    put = lambda a: jax.device_put(a, self._batch_sharding)
+    images = tuple(put(a) for a in bucket['images'])
+    input_hw = tuple(put(a) for a in bucket['input_hw'])
+    base_hw = put(bucket['base_hw'])
+    t0 = time.perf_counter()
+    outs, flips = self._network(self.variables, images, input_hw)
+    if profile:
+      jax.block_until_ready(outs)
+      t1 = time.perf_counter()
+      self.timings['network'] += t1 - t0
+      t0 = t1
+    shapes = tuple(tuple(int(v) for v in a.shape[1:3]) for a in bucket['images'])
+    final, tags = self._aggregate(outs, flips, input_hw, input_shapes=shapes, base_hw=base_hw,
+                                  base_shape=bucket['base_shape'])
+    top_k = self._top_k(final, tags)
+    if profile:
+      jax.block_until_ready(top_k)
+      self.timings['aggregation'] += time.perf_counter() - t0
+    return _InFlight(inputs, final, tags, top_k, bucket['base_hw'][:n], time.perf_counter())
+
+  def collect(self, flight: _InFlight, adjust: bool | None = None,
+              refine: bool | None = None) -> list[Prediction]:
+    """Groups a dispatched batch on the host and maps people back to image pixels."""
+    adjust = self.config.test.adjust if adjust is None else adjust
+    refine = self.config.test.refine if refine is None else refine
+    n = len(flight.inputs)
+    final = np.asarray(flight.final)[:n]
+    tags = np.asarray(flight.tags)[:n]
+    val_k, loc_k, tag_k = (np.asarray(a)[:n] for a in flight.top_k)
+    t0 = time.perf_counter()
+    results = []
+    for b, inp in enumerate(flight.inputs):
+      h, w = flight.base_hw[b]
+      poses, scores = grouping.parse_top_k(val_k[b], loc_k[b], tag_k[b], final[b, :h, :w],
+                                           tags[b, :h, :w], self.config, adjust=adjust,
+                                           refine=refine)
+      poses = transforms.get_final_preds(poses, inp.center, inp.scale, inp.base_size)
+      results.append(Prediction(poses, scores))
+    self.timings['grouping'] += time.perf_counter() - t0
+    self.timings['images'] += n
+    return results
+
+  def __call__(self, image: np.ndarray) -> Prediction:
+    """Predicts the people in one RGB uint8 image of any size."""
+    return self.collect(self.dispatch([self.prepare(image)]))[0]
+
+  def predict_many(self, images: Iterable[Any], batch_size: int = 1,
+                   profile: bool = False) -> Iterator[tuple[Any, Prediction]]:
+    """Streams `(key, Prediction)` for `(key, image)` pairs, in input order.
+
+    A batch holds consecutive images of the same input shape (a shape change closes it
+    early), so no image is padded and results equal batch-size-1 results exactly. The
+    host groups batch n while the device computes batch n + 1.
+    """
+    pending = None
+    keys: list[Any] = []
+    batch: list[transforms.TestInput] = []
+
+    def shapes(t: transforms.TestInput):
+      return tuple(im.shape for im in t.images)
+
+    def step(keys, batch, pending):
+      flight = (keys, self.dispatch(batch, profile=profile))
+      done = [] if pending is None else list(zip(pending[0], self.collect(pending[1])))
+      return flight, done
+
+    for key, image in images:
+      prepared = self.prepare(image)
+      if batch and (len(batch) == batch_size or shapes(batch[0]) != shapes(prepared)):
+        pending, done = step(keys, batch, pending)
+        yield from done
+        keys, batch = [], []
+      keys.append(key)
+      batch.append(prepared)
+    if batch:
+      pending, done = step(keys, batch, pending)
+      yield from done
+    if pending is not None:
+      yield from zip(pending[0], self.collect(pending[1]))
+
+
+_CACHE: dict[tuple[int, str], Predictor] = {}
+
+
+def predict(variables, config, image: np.ndarray) -> Prediction:
+  """One-call prediction for an RGB uint8 image of any size (compiled programs are cached).
+
+  Args:
+    variables: model variables (`{'params', 'batch_stats'}`).
+    config: full config.
+    image: [H, W, 3] (or [H, W]) uint8 RGB.
+
+  Returns:
+    :class:`Prediction` with poses in image pixels.
+  """
+  key = (id(variables), config.to_json())
+  predictor = _CACHE.get(key)
+  if predictor is None:
+    _CACHE.clear()  # keep one compiled predictor (and one copy of the weights) alive
+    predictor = _CACHE[key] = Predictor(config, variables)
+  return predictor(image)

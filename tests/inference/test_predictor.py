@@ -1,0 +1,100 @@
+"""The compiled test loop (network, aggregation, grouping) on real images.
+
+Weights: the fixtures' tiny state dict, whose outputs are large enough to give many
+detections, so grouping and the map back to the image are exercised.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import higherhrnet_jax
+from higherhrnet_jax import config as config_lib
+from higherhrnet_jax import convert
+from higherhrnet_jax.data.coco import decode_image
+from higherhrnet_jax.evaluation import runner
+from higherhrnet_jax.inference import grouping, outputs, transforms
+from higherhrnet_jax.inference.predictor import Predictor
+
+
+@pytest.fixture(scope='module')
+def setup(fixtures_dir, coco_sample_dir):
+  config = config_lib.load_config('configs/tiny.py', [
+      f'dataset.test_annotations={coco_sample_dir / "test_coco.json"}',
+      f'dataset.test_images={coco_sample_dir}'])
+  variables = convert.load_official(fixtures_dir / 'tiny_state_dict.npz', config.model)
+  images = [decode_image(p) for p in sorted(coco_sample_dir.glob('*.jpg'))]
+  return config, variables, Predictor(config, variables), images
+
+
+def test_predictor_equals_the_reference_composition(setup):
+  config, variables, predictor, images = setup
+  image = images[1]
+  got = predictor(image)
+  # Reference: the jitted network + aggregation of `outputs`, then `grouping.parse` on the
+  # unpadded maps and the official map back to the image.
+  model = predictor.model
+  fn = outputs.jit_inference_fn(lambda v, x: model.apply(v, x, train=False), predictor.spec)
+  prep = transforms.prepare_test_input(image, config.data.input_size, config.test.scale_factor)
+  b = transforms.bucket_batch([prep])
+  final, tags = fn(variables, b['images'], b['input_hw'], b['base_hw'], base_shape=b['base_shape'])
+  (hm, tg), = outputs.crop_results(final, tags, b['base_hw'])
+  poses, scores = grouping.parse(hm, tg, config)
+  poses = transforms.get_final_preds(poses, prep.center, prep.scale, prep.base_size)
+  assert len(scores) > 0, 'the fixture weights should give detections'
+  np.testing.assert_array_equal(got.scores, scores)
+  np.testing.assert_array_equal(got.poses, poses)
+
+
+def test_batches_equal_single_images(setup):
+  _, _, predictor, images = setup
+  single = [predictor(im) for im in images]
+  batched = list(predictor.predict_many(enumerate(images), batch_size=3))
+  assert [k for k, _ in batched] == list(range(len(images)))
+  for s, (_, b) in zip(single, batched):
+    np.testing.assert_array_equal(s.poses, b.poses)
+    np.testing.assert_array_equal(s.scores, b.scores)
+
+
+def test_predictions_lie_in_the_image(setup):
+  _, _, predictor, images = setup
+  for image in images:
+    pred = predictor(image)
+    assert pred.poses.shape[1:] == (17, 5) and pred.scores.shape == pred.poses.shape[:1]
+    found = pred.poses[..., 2] > 0
+    h, w = image.shape[:2]
+    xy = pred.poses[..., :2][found]
+    # The long side is padded to a multiple of 64 around the image centre; detections in
+    # that border map to just outside the image, never farther.
+    margin = 64 / 128 * min(h, w)
+    assert (xy[:, 0] >= -margin).all() and (xy[:, 0] <= w + margin).all()
+    assert (xy[:, 1] >= -margin).all() and (xy[:, 1] <= h + margin).all()
+
+
+def test_package_level_predict_and_odd_inputs(setup):
+  config, variables, _, images = setup
+  pred = higherhrnet_jax.predict(variables, config, images[0])
+  assert pred.poses.ndim == 3
+  tiny = higherhrnet_jax.predict(variables, config, np.zeros((1, 1, 3), np.uint8))
+  assert tiny.poses.shape[1:] == (17, 5)
+  gray = higherhrnet_jax.predict(variables, config, images[0][..., 0])
+  assert gray.poses.ndim == 3
+  with pytest.raises(ValueError, match='empty'):
+    higherhrnet_jax.predict(variables, config, np.zeros((0, 5, 3), np.uint8))
+
+
+def test_evaluate_writes_results_metrics_and_pictures(setup, tmp_path):
+  config, _, predictor, _ = setup
+  metrics = runner.evaluate(predictor, config, out_dir=tmp_path, batch_size=2, render=2)
+  for name in ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl'):
+    assert -1.0 <= metrics[name] <= 1.0
+  assert metrics['num_images'] == 4 and metrics['num_skipped_images'] == 0
+  records = json.loads((tmp_path / 'results.json').read_text())
+  assert {r['image_id'] for r in records} <= {785, 40083, 196141, 197388}
+  assert len(records) == metrics['num_people']
+  saved = json.loads((tmp_path / 'metrics.json').read_text())
+  assert saved['AP'] == metrics['AP']
+  assert len(list(tmp_path.glob('pred_*.png'))) == 2
+  assert 'network' in runner.format_table(metrics)
