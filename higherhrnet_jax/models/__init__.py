@@ -12,14 +12,21 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from higherhrnet_jax.models.higher_hrnet import INPUT_MULTIPLE, DeconvSpec, HigherHead, HigherHRNet, check_input_shape
-from higherhrnet_jax.models.hrnet import HRNet, HighResolutionModule, StageSpec, Transition, FuseLayer
+from higherhrnet_jax.models.higher_hrnet import (
+    INPUT_MULTIPLE,
+    DeconvSpec,
+    HigherHead,
+    HigherHRNet,
+    check_input_shape,
+    init_variables,
+)
+from higherhrnet_jax.models.hrnet import FuseLayer, HighResolutionModule, HRNet, StageSpec, Transition
 from higherhrnet_jax.models.layers import BasicBlock, BatchNorm, Bottleneck, ConvTranspose4x4
 
 __all__ = [
     'BasicBlock', 'BatchNorm', 'Bottleneck', 'ConvTranspose4x4', 'DeconvSpec', 'FuseLayer',
     'HRNet', 'HigherHRNet', 'HigherHead', 'HighResolutionModule', 'INPUT_MULTIPLE', 'StageSpec',
-    'Transition', 'build', 'check_input_shape', 'output_channels',
+    'Transition', 'build', 'check_input_shape', 'init_variables', 'output_channels',
 ]
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
