@@ -246,8 +246,10 @@ def _round_up(v: int, m: int) -> int:
 def bucket_batch(inputs: Sequence[TestInput], multiple: int = 64) -> dict:
   """Pads a batch of prepared images to one bucket (bottom/right, value 0).
 
-  Each side is rounded up to `multiple` and the batch takes the largest; with
-  `multiple = 64` a single image keeps its official size (no padding at all).
+  Each side is rounded up to `multiple` and the batch takes the largest. With
+  `multiple = 64` and images of equal official size nothing is padded, and the network
+  outputs are the official ones; other padding is exact for the aggregation but changes
+  the network outputs slightly (see `higherhrnet_jax.inference.outputs`).
 
   Returns:
     dict with `images` (tuple per scale of uint8 [B, H_s, W_s, 3]), `input_hw` (tuple per
