@@ -181,9 +181,9 @@ def _mismatch_message(source: Any, missing, unexpected, misshaped) -> str:
   name = source if not isinstance(source, Mapping) else 'state dict'
   lines = [f'{name}: checkpoint does not match the model']
   if missing:
-    lines.append(f'  missing keys ({len(missing)}): ' + ', '.join(missing))
+    lines.append(f'  missing keys ({len(missing)}): ' + ', '.join(sorted(missing)))
   if unexpected:
-    lines.append(f'  unexpected keys ({len(unexpected)}): ' + ', '.join(unexpected))
+    lines.append(f'  unexpected keys ({len(unexpected)}): ' + ', '.join(sorted(unexpected)))
   if misshaped:
     lines.append(f'  shape mismatches ({len(misshaped)}): ' + ', '.join(
         f'{k} (checkpoint {tuple(a)}, model {tuple(b)})' for k, a, b in misshaped))
