@@ -395,6 +395,16 @@ def _blocked_transpose(a):
 
 
 @numba.njit(cache=True)
+def _gather_joint(det2, tags2, j, dslab, tslab):
+  """dslab [N] <- det2[:, j], tslab [T, N] <- tags2[:, j, :] (a separate function: inlined
+  into `_refine` this loop compiles to code about ten times slower)."""
+  for i in range(det2.shape[0]):
+    dslab[i] = det2[i, j]
+    for t in range(tags2.shape[2]):
+      tslab[t, i] = tags2[i, j, t]
+
+
+@numba.njit(cache=True)
 def _first_argmax(a):
   """`np.argmax` of a finite 1-d array: the maximum from eight independent lanes (a loop the
   compiler can vectorise), then the first index holding it."""
@@ -448,12 +458,32 @@ def _refine(poses, det, tags):
       need[p, j] = poses[p, j, 2] == 0
   if not need.any():
     return
-  dslabs = _blocked_transpose(det.reshape(n, nj))
-  tslabs = _blocked_transpose(tags.reshape(n, nj * nt)).reshape(nj, nt, n)
+  # Joint-major copies of the maps: all joints in one cache-blocked pass when most are
+  # needed, else only the needed joints (each a strided gather).
+  joints_needed = 0
+  for j in range(nj):
+    if need[:, j].any():
+      joints_needed += 1
+  all_at_once = 2 * joints_needed > nj
+  if all_at_once:
+    dslabs = _blocked_transpose(det.reshape(n, nj))
+    tslabs = _blocked_transpose(tags.reshape(n, nj * nt)).reshape(nj, nt, n)
+  else:
+    dslabs = np.empty((1, n), np.float32)
+    tslabs = np.empty((1, nt, n), np.float32)
+  det2 = det.reshape(n, nj)
+  tags2 = tags.reshape(n, nj, nt)
   acc = np.empty(n, np.float32)
   for j in range(nj):
-    dslab = dslabs[j]
-    tslab = tslabs[j]
+    if not need[:, j].any():
+      continue
+    if all_at_once:
+      dslab = dslabs[j]
+      tslab = tslabs[j]
+    else:
+      dslab = dslabs[0]
+      tslab = tslabs[0]
+      _gather_joint(det2, tags2, j, dslab, tslab)
     for p in range(npeople):
       if not need[p, j]:
         continue
@@ -489,13 +519,8 @@ def _gather_top_k(ind, tags):
   return loc_k, tag_k
 
 
-@numba.njit(cache=True)
-def _all_finite(a):
-  flat = a.reshape(-1)
-  for i in range(flat.shape[0]):
-    if not np.isfinite(flat[i]):
-      return False
-  return True
+def _all_finite(a: np.ndarray) -> bool:
+  return bool(np.isfinite(a).all())
 
 
 @numba.njit(cache=True)
