@@ -14,6 +14,8 @@ The exported program is the jitted body of :func:`higherhrnet_jax.inference.outp
 * Returns float32 [b, Hb, Wb, K] and [b, Hb, Wb, K, T] (crop with the valid base sizes).
 
 Host-side steps (resize, grouping, mapping back) stay outside the artifact.
+:func:`save_bundle` / :func:`load_bundle` store the artifact with the weights as plain
+arrays, so a server needs only `jax` and `numpy` to run it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from higherhrnet_jax.inference import outputs as outputs_lib
 
@@ -88,3 +91,58 @@ def load(path: str | pathlib.Path) -> jax.export.Exported:
   if not path.is_file():
     raise FileNotFoundError(f'exported model not found: {path}')
   return jax.export.deserialize(bytearray(path.read_bytes()))
+
+
+# ----------------------------------------------------------------------------- bundles
+
+_ARTIFACT = 'model.jaxexport'
+_VARIABLES = 'variables.npz'
+
+
+def save_bundle(directory: str | pathlib.Path, exported: jax.export.Exported,
+                variables: Any = None) -> pathlib.Path:
+  """Writes the artifact and, for a weight-free artifact, the variables next to it.
+
+  The variables are stored as the flat list of leaves (`leaf_00000`, ...) in the order of
+  the artifact's own input tree, so :func:`load_bundle` needs neither Flax nor the model
+  code to rebuild them.
+  """
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  save(exported, directory / _ARTIFACT)
+  takes_variables = _num_args(exported) == 4
+  if takes_variables and variables is None:
+    raise ValueError('variables: this artifact takes the weights as input; pass them to save')
+  if variables is not None:
+    if not takes_variables:
+      raise ValueError('variables: this artifact has the weights embedded; save it without them')
+    leaves = jax.tree.leaves(variables)
+    np.savez(directory / _VARIABLES, **{f'leaf_{i:05d}': np.asarray(v) for i, v in enumerate(leaves)})
+  return directory
+
+
+def _num_args(exported: jax.export.Exported) -> int:
+  args_tree = jax.tree_util.treedef_children(exported.in_tree)[0]
+  return len(jax.tree_util.treedef_children(args_tree))
+
+
+def load_bundle(directory: str | pathlib.Path) -> Callable[..., Any]:
+  """Loads a bundle written by :func:`save_bundle`.
+
+  Returns:
+    `fn(images, input_hw, base_hw) -> (final_heatmaps, tags)` running the artifact (with
+    the stored variables when the weights are not embedded).
+  """
+  directory = pathlib.Path(directory)
+  exported = load(directory / _ARTIFACT)
+  var_path = directory / _VARIABLES
+  if not var_path.is_file():
+    return exported.call
+  args_tree = jax.tree_util.treedef_children(exported.in_tree)[0]
+  var_tree = jax.tree_util.treedef_children(args_tree)[0]
+  with np.load(var_path) as data:
+    leaves = [jnp.asarray(data[f'leaf_{i:05d}']) for i in range(len(data.files))]
+  if len(leaves) != var_tree.num_leaves:
+    raise ValueError(f'{var_path}: {len(leaves)} arrays, the artifact expects {var_tree.num_leaves}')
+  variables = jax.tree.unflatten(var_tree, leaves)
+  return lambda images, input_hw, base_hw: exported.call(variables, images, input_hw, base_hw)

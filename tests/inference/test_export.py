@@ -57,6 +57,8 @@ def test_export_roundtrip_symbolic_batch(tmp_path, embed, scales, sizes):
                                 embed_variables=embed)
   path = E.save(exported, tmp_path / 'model.jaxexport')
   loaded = E.load(path)
+  bundle = E.load_bundle(E.save_bundle(tmp_path / 'bundle', exported,
+                                       None if embed else variables))
   live = O.jit_inference_fn(apply_fn, spec)
   for n in sizes:
     b = batch3 if n == 3 else {**batch3, 'images': tuple(i[:1] for i in batch3['images']),
@@ -65,7 +67,7 @@ def test_export_roundtrip_symbolic_batch(tmp_path, embed, scales, sizes):
     args = (b['images'], b['input_hw'], b['base_hw'])
     got = loaded.call(*args) if embed else loaded.call(variables, *args)
     want = live(variables, *args, base_shape=b['base_shape'])
-    for g, w in zip(got, want):
+    for g, w in zip(got + bundle(*args), want + want):
       assert g.shape == w.shape and g.shape[0] == n
       np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=1e-6)
     assert np.abs(np.asarray(got[0])).max() > 0
@@ -79,6 +81,19 @@ def test_export_rejects_bad_shapes():
     E.export_inference(lambda v, x: x, spec, {}, [(128, 128), (64, 64)], (128, 128))
   with pytest.raises(FileNotFoundError):
     E.load('does/not/exist.jaxexport')
+
+
+def test_bundle_checks_variables(tmp_path):
+  spec = _spec((1.0,))
+  apply_fn = lambda v, x: [jnp.zeros(x.shape[:1] + (x.shape[1] // 4, x.shape[2] // 4, 34)) + v,
+                           jnp.zeros(x.shape[:1] + (x.shape[1] // 2, x.shape[2] // 2, 17))]
+  exported = E.export_inference(apply_fn, spec, jnp.float32(0), [(64, 64)], (64, 64))
+  with pytest.raises(ValueError, match='takes the weights'):
+    E.save_bundle(tmp_path, exported)
+  embedded = E.export_inference(apply_fn, spec, jnp.float32(0), [(64, 64)], (64, 64),
+                                embed_variables=True)
+  with pytest.raises(ValueError, match='embedded'):
+    E.save_bundle(tmp_path, embedded, jnp.float32(0))
 
 
 @pytest.mark.slow
