@@ -171,3 +171,18 @@ def test_inference_fn_bucketed_batch_equals_single_images(fixtures_dir):
     np.testing.assert_allclose(hm, np.asarray(f1)[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(tg, np.asarray(t1)[0], rtol=0, atol=1e-6)
     assert np.abs(hm).max() > 0.1
+
+
+def test_per_scale_heatmaps_parity(fixtures_dir):
+  """The [non-flip, flip] heatmaps of each scale, projected to the base size (<= 1e-6)."""
+  d = np.load(fixtures_dir / 'aggregate.npz')
+  factors, outs, flips, shapes, base = _load_case(d, 'ms_')
+  spec = _spec(factors)
+  step = jax.jit(O.multi_stage_outputs, static_argnums=(0, 4, 6))
+  for k in range(len(factors)):
+    heatmaps, tags = step(spec, outs[k], flips[k], jnp.array([shapes[k]], jnp.int32), shapes[k],
+                          jnp.array([base], jnp.int32), base)
+    assert len(heatmaps) == 2 and len(tags) == 2
+    want = np.transpose(d[f'ms_s{k}_heatmaps'], (0, 2, 3, 1))
+    for n in range(2):
+      assert np.abs(np.asarray(heatmaps[n])[0] - want[n]).max() <= TOL, (k, n)
