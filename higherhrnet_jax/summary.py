@@ -133,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   bad = [o for o in overrides if not o.startswith('--config.')]
   if bad:
     parser.error(f'unrecognised arguments: {" ".join(bad)} (overrides look like --config.a.b=value)')
-  config = config_lib.load_config(args.config, overrides)
+  try:
+    config = config_lib.load_config(args.config, overrides)
+  except (config_lib.ConfigError, FileNotFoundError) as e:
+    parser.error(str(e))
   summary = summarize(config.model, args.input_size or config.data.input_size)
   print(f'{args.config}:')
   print(format_table(summary))

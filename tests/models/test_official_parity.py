@@ -7,10 +7,10 @@ issue's criterion); BatchNorm running statistics after one train step: atol 1e-5
 """
 
 import json
+import pathlib
 import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -54,7 +54,7 @@ def nhwc(a: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def tiny(fixtures_dir):
-  cfg = config_lib.load_config(config_lib.pathlib.Path(__file__).parents[2] / 'configs' / 'tiny.py')
+  cfg = config_lib.load_config(pathlib.Path(__file__).parents[2] / 'configs' / 'tiny.py')
   variables = convert.load_official(fixtures_dir / 'tiny_state_dict.npz', cfg.model)
   return cfg, models.build(cfg.model), variables
 
@@ -109,7 +109,7 @@ def test_tiny_train_outputs_and_running_stats(tiny, fixtures_dir):
 
 def _eval_parity(fixtures_dir, width: int) -> None:
   cfg = config_lib.load_config(
-      config_lib.pathlib.Path(__file__).parents[2] / 'configs' / 'coco' / f'higherhrnet_w{width}_640.py')
+      pathlib.Path(__file__).parents[2] / 'configs' / 'coco' / f'higherhrnet_w{width}_640.py')
   state = recipe_state_dict(fixtures_dir / f'w{width}_keys.json')
   variables = convert.load_official(state, cfg.model)
   model = models.build(cfg.model)
