@@ -108,7 +108,7 @@ def make_train_step(
     total, terms, new_stats, grads = compute(state.params, state.batch_stats, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': total, **terms, 'grad_norm': optax.global_norm(grads)}
+    metrics = {'loss': total, **terms, 'grad_norm': optax.tree.norm(grads)}
     if schedule is not None:
       metrics['lr'] = jnp.asarray(schedule(state.step // accum), jnp.float32)
     new_state = state.replace(
