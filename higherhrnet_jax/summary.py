@@ -57,7 +57,7 @@ def _block(path: Sequence[str]) -> str:
   name = path[1]
   if name in ('conv1', 'bn1', 'conv2', 'bn2'):
     return 'stem'
-  return re.sub(r'_\d+$', '', re.sub(r'(_\d+)+$', '', name))
+  return re.sub(r'(_\d+)+$', '', name)
 
 
 def summarize(model_config: Mapping[str, Any], input_size: int | Sequence[int]) -> Summary:
