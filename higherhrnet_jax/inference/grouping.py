@@ -66,9 +66,7 @@ def nms(heatmaps: jax.Array, *, kernel: int = 5, padding: int = 2) -> jax.Array:
   Returns:
     heatmaps with every value that is not the maximum of its window set to 0.
   """
-  if 2 * padding + 1 != kernel:
-    raise ValueError(f'test.nms_kernel={kernel} and test.nms_padding={padding} change the map '
-                     'size; need nms_kernel == 2 * nms_padding + 1')
+  _check_nms(kernel, padding)
   if heatmaps.ndim == 4:
     return jax.vmap(functools.partial(nms, kernel=kernel, padding=padding))(heatmaps)
   pooled = _max_pool_same(heatmaps, kernel, padding)
@@ -111,12 +109,6 @@ def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding:
   tag_k = tags.reshape(h * w, nj, tags.shape[-1])[ind, jnp.arange(nj)[:, None]]
   loc_k = jnp.stack([ind % w, ind // w], axis=-1).astype(jnp.int32)
   return val_k, loc_k, tag_k
-
-
-# `parse` runs NMS and top-k as two programs: fused into one, XLA:CPU takes about three
-# times as long as the two separately (the TopK call on a fused producer is slow).
-_nms_jit = jax.jit(nms, static_argnames=('kernel', 'padding'))
-_top_k_indices_jit = jax.jit(top_k_indices, static_argnames=('k',))
 
 
 # ------------------------------------------------------------------- NumPy-order float sums
@@ -395,11 +387,10 @@ def _blocked_transpose(a):
 
 
 @numba.njit(cache=True)
-def _gather_joint(det2, tags2, j, dslab, tslab):
-  """dslab [N] <- det2[:, j], tslab [T, N] <- tags2[:, j, :] (a separate function: inlined
-  into `_refine` this loop compiles to code about ten times slower)."""
-  for i in range(det2.shape[0]):
-    dslab[i] = det2[i, j]
+def _gather_joint(tags2, j, tslab):
+  """tslab [T, N] <- tags2[:, j, :] (a separate function: inlined into `_refine` this loop
+  compiles to code about ten times slower)."""
+  for i in range(tags2.shape[0]):
     for t in range(tags2.shape[2]):
       tslab[t, i] = tags2[i, j, t]
 
@@ -426,15 +417,15 @@ def _first_argmax(a):
 
 
 @numba.njit(cache=True)
-def _refine(poses, det, tags):
+def _refine(poses, det, tags, dslabs):
   """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
 
   For a missing joint j of a person with mean tag `prev` (float32 mean over its present
   joints, read at their integer peak locations) the official code takes the first argmax,
   in row-major order, of `det[..., j] - round(|tag[..., j, :] - prev|)` (float32) and fills
   the joint there if the det value is positive. Joints are visited in the outer loop so that
-  each joint's maps are copied once into contiguous slabs and the per-person scans are
-  branch-free, vectorisable loops.
+  each joint's maps are read from contiguous slabs (dslabs [K, H * W] is `det` joint-major)
+  and the per-person scans are branch-free, vectorisable loops.
   """
   h, w, nj = det.shape
   nt = tags.shape[3]
@@ -458,7 +449,7 @@ def _refine(poses, det, tags):
       need[p, j] = poses[p, j, 2] == 0
   if not need.any():
     return
-  # Joint-major copies of the maps: all joints in one cache-blocked pass when most are
+  # Joint-major copies of the tag maps: all joints in one cache-blocked pass when most are
   # needed, else only the needed joints (each a strided gather).
   joints_needed = 0
   for j in range(nj):
@@ -466,24 +457,20 @@ def _refine(poses, det, tags):
       joints_needed += 1
   all_at_once = 2 * joints_needed > nj
   if all_at_once:
-    dslabs = _blocked_transpose(det.reshape(n, nj))
     tslabs = _blocked_transpose(tags.reshape(n, nj * nt)).reshape(nj, nt, n)
   else:
-    dslabs = np.empty((1, n), np.float32)
     tslabs = np.empty((1, nt, n), np.float32)
-  det2 = det.reshape(n, nj)
   tags2 = tags.reshape(n, nj, nt)
   acc = np.empty(n, np.float32)
   for j in range(nj):
     if not need[:, j].any():
       continue
+    dslab = dslabs[j]
     if all_at_once:
-      dslab = dslabs[j]
       tslab = tslabs[j]
     else:
-      dslab = dslabs[0]
       tslab = tslabs[0]
-      _gather_joint(det2, tags2, j, dslab, tslab)
+      _gather_joint(tags2, j, tslab)
     for p in range(npeople):
       if not need[p, j]:
         continue
@@ -500,6 +487,96 @@ def _refine(poses, det, tags):
         poses[p, j, 0] = np.float32(bx + 0.5 + dx)
         poses[p, j, 1] = np.float32(by + 0.5 + dy)
         poses[p, j, 2] = val
+
+
+@numba.njit(cache=True)
+def _shifted_max(src, dst, n_out, stride, lo, kernel):
+  """dst[i] = max(src[i + (o - lo) * stride] for the in-range window offsets o) along one
+  axis of a row-major map: `kernel` shifted maxima over slices (non-negative loop indices
+  let the compiler vectorise them)."""
+  dst[:n_out] = src[:n_out]
+  for o in range(kernel):
+    s = (o - lo) * stride
+    if s == 0:
+      continue
+    a = max(0, -s)
+    b = min(n_out, n_out - s)
+    sv = src[a + s:b + s]
+    dv = dst[a:b]
+    for i in range(b - a):
+      v = sv[i]
+      u = dv[i]
+      dv[i] = v if v > u else u
+
+
+@numba.njit(cache=True)
+def _row_max(d, rows, h, w, lo, kernel):
+  """Max over the row window x - lo .. x - lo + kernel - 1, clipped at the row ends (the
+  -inf padding): shifted maxima over the flat map, then the columns whose window leaves
+  the row are redone."""
+  _shifted_max(d, rows, h * w, 1, lo, kernel)
+  left_end = min(lo, w)  # columns before this one reach past the left end
+  right = max(w - kernel + lo + 1, left_end)  # columns from here reach past the right end
+  for y in range(h):
+    for x in range(left_end):
+      _row_window_max(d, rows, y * w, x, w, lo, kernel)
+    for x in range(right, w):
+      _row_window_max(d, rows, y * w, x, w, lo, kernel)
+
+
+@numba.njit(cache=True)
+def _row_window_max(d, rows, base, x, w, lo, kernel):
+  a = max(x - lo, 0)
+  b = min(x - lo + kernel, w)
+  m = d[base + a]
+  for xx in range(a + 1, b):
+    v = d[base + xx]
+    m = v if v > m else m
+  rows[base + x] = m
+
+
+@numba.njit(cache=True)
+def _nms_top_k_host(dslabs, h, w, kernel, padding, k):
+  """Host twin of `nms` + `top_k_indices` on joint-major maps dslabs [K, H * W].
+
+  Returns val_k [K, k] float32 and flat indices [K, k] int64; equal values keep the lower
+  index first (as `jax.lax.top_k`).
+  """
+  nj, n = dslabs.shape
+  k = min(k, n)
+  val_k = np.empty((nj, k), np.float32)
+  ind_k = np.empty((nj, k), np.int64)
+  rows = np.empty(n, np.float32)
+  pooled = np.empty(n, np.float32)
+  kept = np.empty(n, np.float32)
+  for j in range(nj):
+    d = dslabs[j]
+    _row_max(d, rows, h, w, padding, kernel)
+    _shifted_max(rows, pooled, n, w, padding, kernel)
+    for i in range(n):
+      kept[i] = d[i] * np.float32(1.0 if pooled[i] == d[i] else 0.0)
+    vals = val_k[j]
+    inds = ind_k[j]
+    for i in range(k):  # insertion sort of the first k
+      _insert(vals, inds, i, kept[i], i)
+    threshold = vals[k - 1]
+    for i in range(k, n):
+      if kept[i] > threshold:
+        _insert(vals, inds, k - 1, kept[i], i)
+        threshold = vals[k - 1]
+  return val_k, ind_k
+
+
+@numba.njit(cache=True)
+def _insert(vals, inds, pos, v, i):
+  """Puts (v, i) into the descending list vals[:pos + 1] (dropping vals[pos]), after any
+  equal values."""
+  while pos > 0 and vals[pos - 1] < v:
+    vals[pos] = vals[pos - 1]
+    inds[pos] = inds[pos - 1]
+    pos -= 1
+  vals[pos] = v
+  inds[pos] = i
 
 
 @numba.njit(cache=True)
@@ -524,8 +601,8 @@ def _all_finite(a: np.ndarray) -> bool:
 
 
 @numba.njit(cache=True)
-def _group(val_k, loc_k, tag_k, det, tags, joint_order, detection_threshold, tag_threshold,
-           use_detection_val, ignore_too_much, max_num_people, adjust, refine):
+def _group(val_k, loc_k, tag_k, det, tags, dslabs, joint_order, detection_threshold,
+           tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine):
   """Matching, adjust, scores and refine for one image (see `parse`)."""
   poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
                                 tag_threshold, use_detection_val, ignore_too_much,
@@ -536,8 +613,21 @@ def _group(val_k, loc_k, tag_k, det, tags, joint_order, detection_threshold, tag
     _adjust(poses, det)
   scores = _scores(poses)
   if refine:
-    _refine(poses, det, tags)
+    _refine(poses, det, tags, dslabs)
   return poses, scores, _OK
+
+
+@numba.njit(cache=True)
+def _parse_host(det, tags, joint_order, detection_threshold, tag_threshold, use_detection_val,
+                ignore_too_much, max_num_people, kernel, padding, adjust, refine):
+  """NMS, top-k and `_group` on host arrays (see `parse`)."""
+  h, w, nj = det.shape
+  dslabs = _blocked_transpose(det.reshape(h * w, nj))
+  val_k, ind = _nms_top_k_host(dslabs, h, w, kernel, padding, max_num_people)
+  loc_k, tag_k = _gather_top_k(ind, tags)
+  return _group(val_k, loc_k, tag_k, det, tags, dslabs, joint_order, detection_threshold,
+                tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust,
+                refine)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -565,6 +655,18 @@ def _check_maps(heatmaps: np.ndarray, tags: np.ndarray, num_joints: int) -> tupl
   if not _all_finite(tags):
     raise ValueError('grouping.parse: tags contain NaN or infinite values')
   return heatmaps, tags
+
+
+def _check_nms(kernel: int, padding: int) -> None:
+  if 2 * padding + 1 != kernel:
+    raise ValueError(f'test.nms_kernel={kernel} and test.nms_padding={padding} change the map '
+                     'size; need nms_kernel == 2 * nms_padding + 1')
+
+
+def _checked(poses: np.ndarray, scores: np.ndarray, status: int):
+  if status != _OK:
+    raise ValueError(f'grouping: tag-matching assignment failed (munkres status {status})')
+  return poses, scores
 
 
 def _params(config) -> dict:
@@ -600,6 +702,7 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
   p = _params(config)
   nj = len(p['joint_order'])
   heatmaps, tags = _check_maps(heatmaps, tags, nj)
+  h, w, _ = heatmaps.shape
   val_k = np.ascontiguousarray(val_k, np.float32)
   loc_k = np.ascontiguousarray(loc_k, np.int64)
   tag_k = np.ascontiguousarray(tag_k, np.float32)
@@ -609,13 +712,16 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
                      f'loc_k {loc_k.shape}, tag_k {tag_k.shape} for {nj} joints')
   if not (_all_finite(val_k) and _all_finite(tag_k)):
     raise ValueError('grouping.parse_top_k: top-k values or tags contain NaN or inf')
-  poses, scores, status = _group(val_k, loc_k, tag_k, heatmaps, tags, p['joint_order'],
-                                 p['detection_threshold'], p['tag_threshold'],
-                                 p['use_detection_val'], p['ignore_too_much'],
-                                 p['max_num_people'], bool(adjust), bool(refine))
-  if status != _OK:
-    raise ValueError(f'grouping: tag-matching assignment failed (munkres status {status})')
-  return poses, scores
+  if refine:
+    dslabs = _blocked_transpose(heatmaps.reshape(h * w, nj))
+  else:
+    dslabs = np.zeros((nj, 0), np.float32)
+  poses, scores, status = _group(val_k, loc_k, tag_k, heatmaps, tags, dslabs,
+                                 p['joint_order'], p['detection_threshold'],
+                                 p['tag_threshold'], p['use_detection_val'],
+                                 p['ignore_too_much'], p['max_num_people'], bool(adjust),
+                                 bool(refine))
+  return _checked(poses, scores, status)
 
 
 def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
@@ -641,11 +747,11 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
   """
   p = _params(config)
   heatmaps, tags = _check_maps(heatmaps, tags, len(p['joint_order']))
-  kept = _nms_jit(heatmaps, kernel=int(config.test.nms_kernel),
-                  padding=int(config.test.nms_padding))
-  val_k, ind = _top_k_indices_jit(kept, k=p['max_num_people'])
-  # Only the K x M tags at the candidates are needed: gather them here rather than sending
-  # the whole tag maps to the device.
-  loc_k, tag_k = _gather_top_k(np.asarray(ind), tags)
-  return parse_top_k(np.asarray(val_k), loc_k, tag_k, heatmaps, tags, config, adjust=adjust,
-                     refine=refine)
+  kernel, padding = int(config.test.nms_kernel), int(config.test.nms_padding)
+  _check_nms(kernel, padding)
+  poses, scores, status = _parse_host(heatmaps, tags, p['joint_order'],
+                                      p['detection_threshold'], p['tag_threshold'],
+                                      p['use_detection_val'], p['ignore_too_much'],
+                                      p['max_num_people'], kernel, padding, bool(adjust),
+                                      bool(refine))
+  return _checked(poses, scores, status)
