@@ -159,7 +159,8 @@ def load_results(gt, records: Sequence[dict]):
 
 
 def evaluate_coco(ground_truth, records: Sequence[dict], sigmas: Sequence[float] | None = None,
-                  image_ids: Sequence[int] | None = None, verbose: bool = False) -> dict[str, float]:
+                  image_ids: Sequence[int] | None = None,
+                  verbose: bool = False) -> dict[str, float | str]:
   """COCO keypoint AP/AR with pycocotools, as the official `_do_python_keypoint_eval`.
 
   Args:

@@ -43,7 +43,8 @@ def _check_ground_truth(path: pathlib.Path, num_joints: int) -> set[int]:
 
 def evaluate_crowdpose(ground_truth: str | pathlib.Path, records: Sequence[dict],
                        sigmas: Sequence[float] = keypoints.CROWDPOSE.sigmas,
-                       backend: str = 'faster_coco_eval', verbose: bool = False) -> dict[str, float]:
+                       backend: str = 'faster_coco_eval',
+                       verbose: bool = False) -> dict[str, float | str]:
   """CrowdPose AP/AR and AP easy/medium/hard.
 
   Args:
