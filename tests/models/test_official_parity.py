@@ -137,6 +137,5 @@ def test_w32_eval_outputs(fixtures_dir):
   _eval_parity(fixtures_dir, 32)
 
 
-@pytest.mark.slow
 def test_w48_eval_outputs(fixtures_dir):
   _eval_parity(fixtures_dir, 48)
