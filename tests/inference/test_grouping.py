@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from higherhrnet_jax.config import base_config
-from higherhrnet_jax.inference import grouping
+from higherhrnet_jax.inference import grouping, grouping_host
 
 MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
 
@@ -55,6 +55,34 @@ def test_nms_top_k_batch_axis(scenes):
     np.testing.assert_array_equal(val_k[b], d['val_k'][0])
     np.testing.assert_array_equal(loc_k[b], d['loc_k'][0])
     np.testing.assert_array_equal(tag_k[b], d['tag_k'][0])
+
+
+@pytest.mark.parametrize('kernel,h,w', [(3, 9, 13), (5, 16, 7), (7, 12, 12), (5, 3, 4),
+                                         (1, 5, 6)])
+def test_nms_top_k_host_and_device_vs_reduce_window(kernel, h, w):
+  """Both NMS + top-k implementations against XLA's reduce_window max pool and a stable
+  sort (maps with many ties and exact zeros; equal values keep the lower index first)."""
+  rng = np.random.default_rng(kernel * 100 + h)
+  hm = (rng.integers(0, 6, (h, w, 3)) / 5).astype(np.float32)
+  pad = kernel // 2
+  pooled = jax.lax.reduce_window(hm, -np.inf, jax.lax.max, (kernel, kernel, 1), (1, 1, 1),
+                                 ((pad, pad), (pad, pad), (0, 0)))
+  kept = hm * (np.asarray(pooled) == hm)
+  k = min(10, h * w)
+  flat = kept.reshape(h * w, 3).T
+  order = np.argsort(-flat, axis=1, kind='stable')[:, :k]
+  expected = np.take_along_axis(flat, order, axis=1)
+
+  dslabs = grouping_host.blocked_transpose(hm.reshape(h * w, 3))
+  val_k, ind = grouping_host.nms_top_k_host(dslabs, h, w, kernel, pad, 10)
+  np.testing.assert_array_equal(val_k, expected)
+  np.testing.assert_array_equal(ind, order)
+
+  dev_kept = np.asarray(grouping.nms(hm, kernel=kernel, padding=pad))
+  np.testing.assert_array_equal(dev_kept, kept)
+  val_k, ind = grouping.top_k_indices(dev_kept, 10)
+  np.testing.assert_array_equal(val_k, expected)
+  np.testing.assert_array_equal(ind, order)
 
 
 def test_match_from_stored_top_k(scenes, config):
@@ -187,13 +215,14 @@ def test_float32_means_follow_numpy():
   for _ in range(300):
     n, t = int(rng.integers(1, 40)), int(rng.integers(1, 4))
     rows = rng.standard_normal((n, t)).astype(np.float32)
-    grouping._mean_rows_f32(rows, n, out)
+    grouping_host.mean_rows_f32(rows, n, out)
     np.testing.assert_array_equal(out[:t], np.mean(list(rows), axis=0))
   for n in (1, 7, 8, 17, 129, 300, 1031):
     a = rng.standard_normal(n).astype(np.float32)
-    assert grouping._pairwise_sum(a, 0, n) == np.sum(a)
+    assert grouping_host.pairwise_sum(a, 0, n) == np.sum(a)
     poses = rng.random((2, n, 3)).astype(np.float32)
-    np.testing.assert_array_equal(grouping._scores(poses), [p[:, 2].mean() for p in poses])
+    np.testing.assert_array_equal(grouping_host.person_scores(poses),
+                                  [p[:, 2].mean() for p in poses])
 
 
 def _baseline():
