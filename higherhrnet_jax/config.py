@@ -74,7 +74,10 @@ def base_config() -> ConfigDict:
           name='higher_hrnet',
           num_joints=17,
           tag_per_joint=True,
-          stem_channels=64,  # STEM_INPLANES; the official stem is fixed at 64.
+          stem_channels=64,  # stem width; STEM_INPLANES, fixed at 64 in the official model
+          # layer1: Bottlenecks (official HRNet STAGE1: 4 blocks of width 64 -> 256 channels).
+          stage1=ConfigDict(dict(num_modules=1, num_branches=1, block='BOTTLENECK',
+                                 num_blocks=(4,), num_channels=(64,))),
           final_conv_kernel=1,
           # LOSS.WITH_AE_LOSS: also decides the output channels of each stage.
           with_ae_loss=(True, False),
@@ -298,6 +301,10 @@ def validate(c: ConfigDict) -> ConfigDict:
   _require(m.num_joints == spec.num_joints, 'model.num_joints',
            f'{m.num_joints} != dataset.keypoints ({spec.num_joints} joints)')
   _require(m.dtype in ('float32', 'bfloat16', 'float16'), 'model.dtype', f'unknown dtype {m.dtype!r}')
+  s1 = m.stage1
+  _require(s1.block == 'BOTTLENECK' and len(s1.num_blocks) == len(s1.num_channels) == 1,
+           'model.stage1', 'layer1 is one branch of BOTTLENECK blocks')
+  _require(s1.num_blocks[0] >= 1, 'model.stage1.num_blocks', 'needs at least one block')
   prev = 1
   for name in ('stage2', 'stage3', 'stage4'):
     s = m[name]

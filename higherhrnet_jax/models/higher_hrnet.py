@@ -88,6 +88,7 @@ class HigherHRNet(nn.Module):
     output_channels: channels of each final layer.
     deconvs: deconvolution stages of the head.
     stem_channels: stem width (64).
+    stage1_blocks, stage1_planes: layer1 Bottleneck count and width (4, 64).
     final_conv_kernel: 1 or 3.
     dtype: compute dtype, e.g. ``jnp.bfloat16``; parameters stay float32.
     bn_momentum, bn_epsilon: PyTorch-convention BatchNorm settings.
@@ -99,6 +100,8 @@ class HigherHRNet(nn.Module):
   output_channels: tuple[int, ...]
   deconvs: tuple[DeconvSpec, ...]
   stem_channels: int = 64
+  stage1_blocks: int = 4
+  stage1_planes: int = 64
   final_conv_kernel: int = 1
   dtype: Dtype = jnp.float32
   bn_momentum: float = 0.1
@@ -111,7 +114,7 @@ class HigherHRNet(nn.Module):
     common = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                   axis_name=self.axis_name)
     x = images.astype(self.dtype)
-    feats = HRNet(self.stages, self.stem_channels, **common, name='backbone')(x, train)
+    feats = HRNet(self.stages, self.stem_channels, self.stage1_blocks, self.stage1_planes, **common, name='backbone')(x, train)
     outputs = HigherHead(self.output_channels, self.deconvs, self.final_conv_kernel, **common,
                          name='head')(feats[0], train)
     out_dtype = jnp.promote_types(self.dtype, jnp.float32)

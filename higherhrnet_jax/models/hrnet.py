@@ -153,6 +153,8 @@ class HRNet(nn.Module):
   Attributes:
     stages: stage 2, 3, 4, ... specifications.
     stem_channels: channels of the two stride-2 stem convs (64 in all official models).
+    stage1_blocks: Bottlenecks in layer1 (4 in all official models).
+    stage1_planes: Bottleneck width of layer1 (64; the output has 4x as many channels).
     dtype: compute dtype (parameters are float32).
 
   Returns from ``__call__``: the last stage's outputs; with the last module producing
@@ -163,6 +165,8 @@ class HRNet(nn.Module):
 
   stages: tuple[StageSpec, ...]
   stem_channels: int = 64
+  stage1_blocks: int = 4
+  stage1_planes: int = 64
   dtype: Dtype = jnp.float32
   bn_momentum: float = 0.1
   bn_epsilon: float = 1e-5
@@ -179,8 +183,8 @@ class HRNet(nn.Module):
     x = conv(self.stem_channels, 3, 2, dtype=self.dtype, name='conv2')(x)
     x = nn.relu(BatchNorm(**bn, name='bn2')(x, train))
     self.sow('intermediates', 'stem', x)
-    for b in range(4):
-      x = Bottleneck(64, **common, name=f'layer1_{b}')(x, train)
+    for b in range(self.stage1_blocks):
+      x = Bottleneck(self.stage1_planes, **common, name=f'layer1_{b}')(x, train)
     xs, channels = [x], (x.shape[-1],)
     for s, stage in enumerate(self.stages):
       number = s + 2
