@@ -145,6 +145,9 @@ class OutputSpec:
     tag_per_joint: tags are per joint (then flipped tags are permuted too).
     flip_test: average with the prediction on the mirrored image.
     scale_factors: test scales, sorted descending as the official loop visits them.
+    project2image: resize each call's maps to the base size before averaging (official
+      default); otherwise average at the network resolution and resize the average to
+      the final size (the last-stage size of the largest scale).
   """
 
   num_joints: int
@@ -155,15 +158,13 @@ class OutputSpec:
   tag_per_joint: bool = True
   flip_test: bool = True
   scale_factors: tuple[float, ...] = (1.0,)
+  project2image: bool = True
 
   @classmethod
   def from_config(cls, config) -> 'OutputSpec':
     """Builds the spec from a full config (`model`, `loss`, `test`, `dataset.keypoints`)."""
     spec = keypoints.spec_from_config(config.dataset.keypoints)
     k = config.model.num_joints
-    if not config.test.project2image:
-      raise NotImplementedError('config.test.project2image=False is not supported; the '
-                                'official configs all project both stages to the base size')
     hm_loss, ae_loss = tuple(config.loss.with_heatmaps_loss), tuple(config.model.with_ae_loss)
     return cls(
         num_joints=k,
@@ -174,6 +175,7 @@ class OutputSpec:
         tag_per_joint=bool(config.model.tag_per_joint),
         flip_test=bool(config.test.flip_test),
         scale_factors=tuple(sorted((float(s) for s in config.test.scale_factor), reverse=True)),
+        project2image=bool(config.test.project2image),
     )
 
 
@@ -231,7 +233,8 @@ def multi_stage_outputs(spec: OutputSpec, outputs: Sequence[jax.Array],
 
   Returns:
     `(heatmaps, tags)`: lists of [B, Hb, Wb, K] ([non-flip, flip] and per-stage tags,
-    non-flip first), projected to the base size.
+    non-flip first), projected to the base size; without `spec.project2image` they stay
+    at the last-stage resolution, and `base_hw`/`base_shape` are not used.
   """
   heatmaps, tags = [], []
   hm, tg, last_hw = _one_pass(spec, outputs, input_hw, input_shape, flipped=False)
@@ -243,6 +246,8 @@ def multi_stage_outputs(spec: OutputSpec, outputs: Sequence[jax.Array],
     if hm is not None:
       heatmaps.append(hm)
     tags.extend(tg)
+  if not spec.project2image:
+    return heatmaps, tags
   project = lambda a: resize_bilinear(a, base_shape, last_hw, base_hw)
   return [project(h) for h in heatmaps], [project(t) for t in tags]
 
@@ -259,7 +264,8 @@ def aggregate_outputs(spec: OutputSpec, outputs: Sequence[Sequence[jax.Array]],
     flip_outputs: the same for the mirrored inputs, or None without flip test.
     input_hw: per scale, [B, 2] int32 valid network input sizes.
     input_shapes: per scale, static (H, W) of the padded network inputs.
-    base_hw: [B, 2] int32 valid base sizes.
+    base_hw: [B, 2] int32 valid base sizes (without `spec.project2image`: the valid
+      last-stage size of the largest scale, see `prepare_test_input`).
     base_shape: static (Hb, Wb).
 
   Returns:
@@ -276,9 +282,15 @@ def aggregate_outputs(spec: OutputSpec, outputs: Sequence[Sequence[jax.Array]],
     heatmaps, tags = multi_stage_outputs(
         spec, outputs[n], flip_outputs[n] if spec.flip_test else None, input_hw[n],
         input_shapes[n], base_hw, base_shape)
+    avg = (heatmaps[0] + heatmaps[1]) / 2.0 if spec.flip_test else heatmaps[0]
+    if not spec.project2image:
+      # Official: maps of every scale are resized to the final size (that of the largest
+      # scale's last stage, for which the resize is an exact copy).
+      stage_hw = _stage_hw(input_hw[n], input_shapes[n], outputs[n][-1])
+      to_final = lambda a: resize_bilinear(a, base_shape, stage_hw, base_hw)
+      avg, tags = to_final(avg), [to_final(t) for t in tags]
     if s == 1 or len(scales) == 1:
       tags_list.extend(tags)
-    avg = (heatmaps[0] + heatmaps[1]) / 2.0 if spec.flip_test else heatmaps[0]
     final = avg if final is None else final + avg
   final = final / float(len(scales))
   return final, jnp.stack(tags_list, axis=-1)

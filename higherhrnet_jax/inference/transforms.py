@@ -220,8 +220,14 @@ class TestInput:
 
 
 def prepare_test_input(image: np.ndarray, input_size: int, scale_factors: Sequence[float],
-                       max_side: int = MAX_INPUT_SIDE) -> TestInput:
-  """Resizes one RGB image for every test scale, as the official test loop does."""
+                       max_side: int = MAX_INPUT_SIDE, project2image: bool = True,
+                       last_stage_stride: int = 2) -> TestInput:
+  """Resizes one RGB image for every test scale, as the official test loop does.
+
+  With `project2image` (`test.project2image`, the official default) the final maps have
+  the base size (the scale-1 input size); without it they have the size of the largest
+  scale's last network stage (input / `last_stage_stride`), and `base_size` says so.
+  """
   image = as_rgb_image(image)
   if image.dtype != np.uint8:
     raise ValueError(f'image: expected uint8 RGB, got dtype {image.dtype}')
@@ -235,6 +241,9 @@ def prepare_test_input(image: np.ndarray, input_size: int, scale_factors: Sequen
       raise ValueError(f'test.scale_factor: scale {s} gives a {resized.shape[1]}x{resized.shape[0]} '
                        'input; the network needs multiples of 32')
     images.append(resized)
+  if not project2image:
+    h0, w0 = images[0].shape[:2]
+    base_size = (w0 // last_stage_stride, h0 // last_stage_stride)
   return TestInput(images, (int(base_size[0]), int(base_size[1])), center, scale,
                    (int(image.shape[0]), int(image.shape[1])))
 

@@ -133,9 +133,31 @@ def test_spec_from_config():
   assert spec.scale_factors == (2.0, 1.0, 0.5)
   assert spec.stage_heatmaps == (True, True) and spec.stage_tags == (True, False)
   assert spec.stage_tag_offset == (17, 17)
+  assert spec.project2image
   c.test.project2image = False
-  with pytest.raises(NotImplementedError, match='project2image'):
-    O.OutputSpec.from_config(c)
+  assert not O.OutputSpec.from_config(c).project2image
+
+
+def test_without_projection_is_the_projection_of_the_average(fixtures_dir):
+  """project2image=False averages at the network resolution; bilinear resizing is linear,
+  so resizing that result to the base size gives the official projected result (<= 1e-6)."""
+  import dataclasses
+  d = np.load(fixtures_dir / 'more/aggregate.npz')
+  factors, outs, flips, shapes, base = _load_case(d, 'ss_')
+  spec = dataclasses.replace(_spec(factors), project2image=False)
+  t = T.prepare_test_input(d['image'], 512, factors, project2image=False)
+  final_wh = t.base_size
+  assert final_wh == (shapes[0][1] // 2, shapes[0][0] // 2)
+  final_hw = (final_wh[1], final_wh[0])
+  final, tags = _jit_aggregate()(spec, outs, flips, [jnp.array([shapes[0]], jnp.int32)],
+                                 tuple(shapes), jnp.array([final_hw], jnp.int32), final_hw)
+  assert final.shape[1:3] == final_hw and tags.shape[1:3] == final_hw
+  up = jax.jit(O.resize_bilinear, static_argnums=1)
+  projected = np.asarray(up(final, base))
+  assert np.abs(projected - _nhwc(d['ss_final_heatmaps'])).max() <= TOL
+  tags_up = np.stack([np.asarray(up(tags[..., i], base)) for i in range(2)], axis=-1)
+  # Tags: the same two resizes (stage 0 -> stage 1 -> base) as the official projection.
+  assert np.abs(tags_up - np.transpose(d['ss_tags'], (0, 2, 3, 1, 4))).max() <= TOL
 
 
 def _pointwise_net(variables, x):
