@@ -144,7 +144,8 @@ def _check_nms(kernel: int, padding: int) -> None:
                      'size; need nms_kernel == 2 * nms_padding + 1')
 
 
-def _checked(poses: np.ndarray, scores: np.ndarray, status: int):
+def _checked(poses: np.ndarray, scores: np.ndarray,
+             status: int) -> tuple[np.ndarray, np.ndarray]:
   if status != host.OK:
     raise ValueError(f'grouping: tag-matching assignment failed (munkres status {status})')
   return poses, scores
@@ -193,15 +194,18 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
                      f'loc_k {loc_k.shape}, tag_k {tag_k.shape} for {nj} joints')
   if not (_all_finite(val_k) and _all_finite(tag_k)):
     raise ValueError('grouping.parse_top_k: top-k values or tags contain NaN or inf')
+  if loc_k.size and not ((loc_k >= 0).all() and (loc_k[..., 0] < w).all()
+                         and (loc_k[..., 1] < h).all()):
+    raise ValueError(f'grouping.parse_top_k: loc_k outside the {h}x{w} maps')
   if refine:
     dslabs = host.blocked_transpose(heatmaps.reshape(h * w, nj))
   else:
     dslabs = np.zeros((nj, 0), np.float32)
   poses, scores, status = host.group(val_k, loc_k, tag_k, heatmaps, tags, dslabs,
-                                 p['joint_order'], p['detection_threshold'],
-                                 p['tag_threshold'], p['use_detection_val'],
-                                 p['ignore_too_much'], p['max_num_people'], bool(adjust),
-                                 bool(refine))
+                                     p['joint_order'], p['detection_threshold'],
+                                     p['tag_threshold'], p['use_detection_val'],
+                                     p['ignore_too_much'], p['max_num_people'], bool(adjust),
+                                     bool(refine))
   return _checked(poses, scores, status)
 
 
@@ -231,8 +235,8 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
   kernel, padding = int(config.test.nms_kernel), int(config.test.nms_padding)
   _check_nms(kernel, padding)
   poses, scores, status = host.parse_host(heatmaps, tags, p['joint_order'],
-                                      p['detection_threshold'], p['tag_threshold'],
-                                      p['use_detection_val'], p['ignore_too_much'],
-                                      p['max_num_people'], kernel, padding, bool(adjust),
-                                      bool(refine))
+                                          p['detection_threshold'], p['tag_threshold'],
+                                          p['use_detection_val'], p['ignore_too_much'],
+                                          p['max_num_people'], kernel, padding, bool(adjust),
+                                          bool(refine))
   return _checked(poses, scores, status)

@@ -248,3 +248,31 @@ def test_single_tag_channel_and_no_detection_value(scenes):
       ref = baseline.baseline_parse(d['hm'], tg, c)
       np.testing.assert_array_equal(ours[0], ref[0])
       np.testing.assert_array_equal(ours[1], ref[1])
+
+
+@pytest.mark.parametrize('h,w', [(1, 1), (2, 3), (3, 40), (24, 20)])
+def test_parse_small_and_noisy_maps_match_device_split_path(config, h, w):
+  """Real network maps are dense and partly negative; tiny maps have fewer than
+  max_num_people positions. `parse` (host NMS) and jitted `nms_top_k` + `parse_top_k`
+  must agree exactly, and neither may crash."""
+  rng = np.random.default_rng(h * 1000 + w)
+  hm = rng.normal(0.0, 0.05, (h, w, 17)).astype(np.float32)
+  for _ in range(4):  # a few people-like peaks
+    hm[rng.integers(h), rng.integers(w), rng.integers(17, size=8)] += rng.uniform(0.2, 1.0)
+  tg = rng.normal(0.0, 1.5, (h, w, 17, 2)).astype(np.float32)
+  poses, scores = grouping.parse(hm, tg, config)
+  assert poses.shape[1:] == (17, 5) and scores.shape == poses.shape[:1]
+  val_k, loc_k, tag_k = (np.asarray(a) for a in jax.jit(grouping.nms_top_k)(hm, tg))
+  split = grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, config)
+  np.testing.assert_array_equal(poses, split[0])
+  np.testing.assert_array_equal(scores, split[1])
+
+
+def test_parse_top_k_rejects_bad_candidates(config):
+  hm, tg = _maps()
+  _, val_k, loc_k, tag_k = _top_k([[0.0, 1.0]])
+  loc_k[3, 1] = (48, 0)  # x == W
+  with pytest.raises(ValueError, match='loc_k outside'):
+    grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, config)
+  with pytest.raises(ValueError, match='inconsistent top-k shapes'):
+    grouping.parse_top_k(val_k[:, :1], loc_k, tag_k, hm, tg, config)
