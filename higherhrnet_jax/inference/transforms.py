@@ -12,10 +12,25 @@ resized images are bit-identical and coordinates match to the last bit.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+
+# OpenCV 5 runs bilinear uint8 warps in float32; OpenCV 4 used 1/32-pixel fixed point,
+# which differs from the official fixtures by up to 6 grey levels on 11 % of the values.
+OPENCV_MAJOR = int(cv2.__version__.split('.')[0])
+_warned_opencv = False
+
+
+def _check_opencv() -> None:
+  global _warned_opencv
+  if OPENCV_MAJOR < 5 and not _warned_opencv:
+    _warned_opencv = True
+    warnings.warn(f'OpenCV {cv2.__version__}: resized images differ slightly from the official '
+                  'OpenCV 5 results; install opencv-python-headless>=5 for bit-exact inputs')
+
 
 # Beyond this many pixels on the long side of a resized input the network would need tens
 # of GB; such inputs (extreme panoramas) are refused with a clear message instead.
@@ -156,6 +171,7 @@ def resize_align_multi_scale(image: np.ndarray, input_size: int, current_scale: 
         f'image: a {image.shape[1]}x{image.shape[0]} (w x h) image resizes to {size[0]}x{size[1]} '
         f'at test scale {current_scale}, above the limit of {max_side} px per side; crop or tile '
         f'such panoramas (or raise max_side)')
+  _check_opencv()
   trans = get_affine_transform(center, scale, 0, size)
   resized = cv2.warpAffine(image, trans, (int(size[0]), int(size[1])), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)

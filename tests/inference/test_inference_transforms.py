@@ -138,3 +138,12 @@ def test_bucket_batch_pads_bottom_right(fixtures_dir):
   assert single['images'][0].shape[1:3] == inputs[0].images[0].shape[:2]
   with pytest.raises(ValueError, match='shape_bucket'):
     T.bucket_batch(inputs, multiple=48)
+
+
+def test_old_opencv_warns_once(monkeypatch):
+  monkeypatch.setattr(T, 'OPENCV_MAJOR', 4)
+  monkeypatch.setattr(T, '_warned_opencv', False)
+  image = np.zeros((10, 10, 3), np.uint8)
+  with pytest.warns(UserWarning, match='OpenCV'):
+    T.resize_align_multi_scale(image, 64, 1.0, 1.0)
+  assert T._warned_opencv
