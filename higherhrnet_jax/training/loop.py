@@ -69,7 +69,45 @@ def make_train_data(config: ml_collections.ConfigDict, local_batch_size: int
   except ImportError as e:
     raise RuntimeError('the data pipeline (higherhrnet_jax.data.pipeline) is not available; '
                        "use --config.data.source=synthetic for a smoke run") from e
-  return pipeline.make_train_loader(config, local_batch_size)
+  return _as_iterator(pipeline.make_train_loader(config, config.dataset.train_split),
+                      local_batch_size)
+
+
+def _as_iterator(loader: Any, local_batch_size: int) -> tuple[CheckpointableIterator, int]:
+  """Accepts `(iterator, num_samples)`, a grain DataLoader, or a grain iterator."""
+  num_samples = None
+  if isinstance(loader, tuple):
+    loader, num_samples = loader
+  if num_samples is None:
+    for attr in ('num_samples', 'num_records'):
+      if getattr(loader, attr, None):
+        num_samples = int(getattr(loader, attr))
+        break
+    else:
+      source = getattr(loader, '_data_source', None)
+      if source is None:
+        raise ValueError('cannot tell the training set size from the data loader; return '
+                         '(iterator, num_samples) from make_train_loader')
+      # Each host reads its shard; the epoch is defined over the whole dataset.
+      num_samples = len(source)
+  it = loader if hasattr(loader, 'get_state') else iter(loader)
+  for method in ('get_state', 'set_state'):
+    if not hasattr(it, method):
+      raise TypeError(f'the training iterator {type(it).__name__} has no {method}(); it cannot '
+                      'be checkpointed')
+  del local_batch_size  # the pipeline batches per host itself
+  return it, num_samples
+
+
+# Keys of a training batch that go to the device (anything else, e.g. image ids, stays).
+_BATCH_PREFIXES = ('image', 'heatmaps_', 'masks_', 'joints_')
+
+
+def device_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  missing = [k for k in ('image', 'heatmaps_0', 'masks_0', 'joints_0') if k not in batch]
+  if missing:
+    raise KeyError(f'training batch lacks {missing} (has {sorted(batch)})')
+  return {k: v for k, v in batch.items() if k == 'image' or k.startswith(_BATCH_PREFIXES[1:])}
 
 
 def maybe_initialize_distributed() -> None:
@@ -197,7 +235,7 @@ def train(
   progress.start(step)
   try:
     while step < total_steps:
-      batch = sharding_lib.global_batch(next(data_iter), mesh)
+      batch = sharding_lib.global_batch(device_batch(next(data_iter)), mesh)
       state, metrics = train_step(state, batch, step_lib.step_rng(state.rng, step))
       step += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -109,3 +109,14 @@ def test_eval_every_epoch_selects_best_checkpoint(repo, tmp_path):
   assert len(seen) == 4 and seen[0] == ['batch_stats', 'params']
   assert ckpt_lib.Checkpointer(tmp_path).best_step() == 4
   assert math.isclose(cfg.train.lr, 1e-3)
+
+
+@pytest.mark.slow
+def test_bfloat16_tiny_model_follows_float32_loss_trajectory(repo, tmp_path):
+  """The tiny HigherHRNet on one repeated batch: every step within 5% of float32."""
+  runs = {}
+  for dtype in ('float32', 'bfloat16'):
+    cfg = _config(repo, 'train.num_steps=12', 'train.lr=0.003', f'model.dtype={dtype}')
+    runs[dtype] = _run(cfg, tmp_path / dtype, data_fn=lambda c, b: (_OneBatch(c, b), 1024))
+  rel = np.abs(runs['bfloat16'] - runs['float32']) / runs['float32']
+  assert rel.max() < 0.05, rel

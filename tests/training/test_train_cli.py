@@ -1,0 +1,39 @@
+"""`python train.py --config ... --workdir ...` trains, and the same command resumes."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent.parent
+
+
+def _train(workdir, steps):
+  cmd = [sys.executable, str(REPO / 'train.py'), '--config', str(REPO / 'configs' / 'tiny.py'),
+         '--workdir', str(workdir), '--config.data.source=synthetic', '--config.data.input_size=64',
+         '--config.data.output_size=(16,32)', f'--config.train.num_steps={steps}',
+         '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2']
+  proc = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_trains_then_resumes(tmp_path):
+  first = _train(tmp_path, 3)
+  assert 'step 3/3' in first and 'resumed' not in first
+  second = _train(tmp_path, 5)
+  assert 'resumed from' in second and 'at step 3' in second
+  assert 'step 4/5' in second and 'step 1/5' not in second
+
+
+def test_cli_rejects_bad_override(tmp_path):
+  cmd = [sys.executable, str(REPO / 'train.py'), '--config', str(REPO / 'configs' / 'tiny.py'),
+         '--workdir', str(tmp_path), '--config.data.input_size=100']
+  proc = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'data.input_size' in proc.stderr
