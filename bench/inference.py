@@ -1,0 +1,284 @@
+"""Per-image inference time split: network, aggregation, grouping; grouping vs. munkres.
+
+For each test-scale set (default: single scale [1] and multi-scale [2, 1, 0.5]) the
+`Predictor` runs the sample images with flip test, adjust and refine, waiting after each
+stage (`profile=True`) so time is attributed to it:
+
+* network: normalisation, flip batch and the forward pass (jitted);
+* aggregation: stage fusion, flip averaging, projection, multi-scale aggregation, then
+  NMS and top-k (jitted);
+* grouping: tag matching, adjust, refine (numba, host) and the map to image pixels.
+
+The baseline is the NumPy + munkres 1.1.4 rendering of the official parser from
+`bench/grouping.py` (NMS, top-k, `match_by_tag`, adjust, refine on the host), run on the
+very same aggregated heatmaps and tags. Before timing, the pipeline's grouping, our
+one-call host `parse` and the baseline must give identical poses and scores on every image.
+A warm-up pass compiles every program first (its time is reported separately); then the
+pipeline, the baseline and `parse` are timed interleaved, image by image, `--repeats`
+times, and per-image medians are averaged over images.
+
+Weights default to the official fixtures' deterministic recipe (`bench/_weights.py`):
+random weights whose heatmaps (std about 2.5) put a candidate above the detection
+threshold at nearly every NMS peak, so every joint fills all `max_num_people` slots and
+grouping meets its worst case (30 people); trained weights give far fewer candidates.
+
+Usage:
+  python bench/inference.py                         # W32-512, [1] on 4 images, [2,1,0.5] on 1
+  python bench/inference.py --scales 1 --images 2 --repeats 5 --json
+  python bench/inference.py --config configs/tiny.py --scales 1 --scales 2,1,0.5
+
+With `--json` the last printed line is one JSON object: the first scale set's
+`network_ms`, `aggregation_ms`, `grouping_ms`, `baseline_grouping_ms`, `speedup`,
+`postprocess_pct` (aggregation + grouping as % of network) at top level, and every set
+under `runs`. The same object is written to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault('NUMBA_CACHE_DIR', str(REPO / '.numba_cache'))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from higherhrnet_jax import convert  # noqa: E402
+from higherhrnet_jax.config import load_config  # noqa: E402
+from higherhrnet_jax.data.coco import decode_image  # noqa: E402
+from higherhrnet_jax.inference import grouping  # noqa: E402
+from higherhrnet_jax.inference.predictor import Predictor  # noqa: E402
+
+DEFAULT_CONFIG = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
+DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'coco_sample'
+DEFAULT_OUT = REPO / 'bench' / 'results' / 'inference.json'
+DEFAULT_FIXTURES = REPO.parent / 'shared' / 'fixtures' / 'official'
+STAGES = ('network', 'aggregation', 'grouping', 'baseline_grouping', 'parse')
+
+
+def _load(name: str, path: pathlib.Path):
+  """Imports a sibling bench script as a module (bench/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_baseline = _load('bench_grouping', REPO / 'bench' / 'grouping.py')
+_weights = _load('bench_weights', REPO / 'bench' / '_weights.py')
+
+
+def _scale_set(text: str) -> tuple[float, ...]:
+  try:
+    scales = tuple(float(v) for v in text.split(',') if v.strip())
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f'--scales: expected e.g. 2,1,0.5, got {text!r}') from e
+  if not scales or any(s <= 0 for s in scales):
+    raise argparse.ArgumentTypeError(f'--scales: positive factors needed, got {text!r}')
+  return scales
+
+
+def _ms(seconds: float) -> float:
+  return seconds * 1e3
+
+
+def _maps(flight, b: int = 0):
+  """Aggregated maps and device top-k of image `b` of a dispatched batch (numpy)."""
+  h, w = flight.base_hw[b]
+  final = np.asarray(flight.final)[b, :h, :w]
+  tags = np.asarray(flight.tags)[b, :h, :w]
+  top_k = tuple(np.asarray(a)[b] for a in flight.top_k)
+  return final, tags, top_k
+
+
+def _same(a, b) -> bool:
+  return np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def _timed(fn, *args, **kwargs) -> float:
+  t0 = time.perf_counter()
+  fn(*args, **kwargs)
+  return time.perf_counter() - t0
+
+
+def run_scale_set(config_path, scales, variables, images, names, repeats, allow_mismatch):
+  """Warm-up + identical-output check + interleaved timing for one scale set."""
+  scale_text = ','.join(f'{s:g}' for s in scales)
+  config = load_config(config_path, [f'test.scale_factor=({scale_text},)', 'test.flip_test=True',
+                                     'test.adjust=True', 'test.refine=True'])
+  predictor = Predictor(config, variables)
+
+  def pipeline(inp):
+    before = dict(predictor.timings)
+    t0 = time.perf_counter()
+    flight = predictor.dispatch([inp], profile=True)
+    predictor.collect(flight)
+    wall = time.perf_counter() - t0
+    return flight, {k: predictor.timings[k] - before[k] for k in STAGES[:3]}, wall
+
+  prepare_s, inputs = [], []
+  for img in images:
+    t0 = time.perf_counter()
+    inputs.append(predictor.prepare(img))
+    prepare_s.append(time.perf_counter() - t0)
+
+  # Warm-up: compiles one program per shape bucket (numba kernels load from cache or compile).
+  t0 = time.perf_counter()
+  maps, checks = [], []
+  for name, inp in zip(names, inputs):
+    flight, _, _ = pipeline(inp)
+    final, tags, (val_k, loc_k, tag_k) = _maps(flight)
+    maps.append((final, tags))
+    piped = grouping.parse_top_k(val_k, loc_k, tag_k, final, tags, config)
+    parsed = grouping.parse(final, tags, config)
+    base = _baseline.baseline_parse(final, tags, config)
+    ok = _same(piped, base) and _same(parsed, base)
+    thr = float(config.test.detection_threshold)
+    checks.append(dict(image=name, identical=ok, people=int(base[0].shape[0]),
+                       candidates=int((val_k > thr).sum()), heatmap_std=float(final.std()),
+                       base_hw=[int(v) for v in final.shape[:2]],
+                       input_hw=[list(im.shape[:2]) for im in inp.images]))
+    if not ok and not allow_mismatch:
+      raise SystemExit(f'scales [{scale_text}], {name}: pipeline grouping, parse and the munkres '
+                       f'baseline disagree ({piped[0].shape[0]}, {parsed[0].shape[0]}, '
+                       f'{base[0].shape[0]} people); not timing (see --allow-mismatch)')
+  warmup_s = time.perf_counter() - t0
+
+  per_image = {k: [[] for _ in inputs] for k in STAGES}
+  wall = [[] for _ in inputs]
+  for _ in range(repeats):
+    for i, inp in enumerate(inputs):  # interleaved, so load changes hit every method alike
+      _, split, total = pipeline(inp)
+      for k, v in split.items():
+        per_image[k][i].append(v)
+      wall[i].append(total)
+      final, tags = maps[i]
+      per_image['baseline_grouping'][i].append(
+          _timed(_baseline.baseline_parse, final, tags, config))
+      per_image['parse'][i].append(_timed(grouping.parse, final, tags, config))
+
+  med = {k: [statistics.median(v) for v in per_image[k]] for k in STAGES}
+  mean_ms = {k: _ms(statistics.fmean(med[k])) for k in STAGES}
+  steady_s = sum(statistics.median(w) for w in wall)
+  result = {
+      'scales': list(scales),
+      'images': len(inputs),
+      'repeats': repeats,
+      'network_ms': mean_ms['network'],
+      'aggregation_ms': mean_ms['aggregation'],
+      'grouping_ms': mean_ms['grouping'],
+      'baseline_grouping_ms': mean_ms['baseline_grouping'],
+      'parse_ms': mean_ms['parse'],
+      'speedup': mean_ms['baseline_grouping'] / mean_ms['grouping'],
+      'speedup_same_work': mean_ms['baseline_grouping'] / mean_ms['parse'],
+      'postprocess_pct': 100 * (mean_ms['aggregation'] + mean_ms['grouping']) / mean_ms['network'],
+      'prepare_ms': _ms(statistics.fmean(prepare_s)),
+      'warmup_s': warmup_s,
+      'compile_s': max(warmup_s - steady_s, 0.0),
+      'identical_output': all(c['identical'] for c in checks),
+      'per_image': [dict(c, **{f'{k}_ms': _ms(med[k][i]) for k in STAGES})
+                    for i, c in enumerate(checks)],
+  }
+  return result
+
+
+def print_table(runs) -> None:
+  head = (f'{"scales":>10} {"image":>18} {"people":>6} {"cand":>5} {"network":>9} {"aggreg":>8} '
+          f'{"grouping":>9} {"munkres":>9} {"x":>6} {"parse":>7} {"post%":>6}')
+  print(head)
+  print('-' * len(head))
+  for r in runs:
+    s = ','.join(f'{v:g}' for v in r['scales'])
+    for p in r['per_image']:
+      post = 100 * (p['aggregation_ms'] + p['grouping_ms']) / p['network_ms']
+      print(f'{s:>10} {p["image"]:>18} {p["people"]:6d} {p["candidates"]:5d} '
+            f'{p["network_ms"]:9.1f} {p["aggregation_ms"]:8.2f} {p["grouping_ms"]:9.2f} '
+            f'{p["baseline_grouping_ms"]:9.2f} {p["baseline_grouping_ms"] / p["grouping_ms"]:6.1f} '
+            f'{p["parse_ms"]:7.2f} {post:6.2f}')
+    print(f'{s:>10} {"mean":>18} {"":>6} {"":>5} {r["network_ms"]:9.1f} '
+          f'{r["aggregation_ms"]:8.2f} {r["grouping_ms"]:9.2f} {r["baseline_grouping_ms"]:9.2f} '
+          f'{r["speedup"]:6.1f} {r["parse_ms"]:7.2f} {r["postprocess_pct"]:6.2f}')
+    print(f'{"":>10} warm-up pass {r["warmup_s"]:.1f} s (compile about {r["compile_s"]:.1f} s), '
+          f'host resize {r["prepare_ms"]:.1f} ms/image, medians of {r["repeats"]} interleaved '
+          f'runs, identical output: {r["identical_output"]}')
+  print('ms per image. aggreg: flip/stage/scale aggregation + NMS + top-k (jitted). grouping: '
+        'matching + adjust + refine + map to image (numba, host). munkres: NumPy + munkres 1.1.4 '
+        'baseline incl. its NMS/top-k on the same maps; x = munkres / grouping. parse: our '
+        'one-call host parse incl. numba NMS/top-k (same work as the baseline). post% = '
+        '(aggreg + grouping) / network.')
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--config', type=pathlib.Path, default=DEFAULT_CONFIG)
+  ap.add_argument('--data', type=pathlib.Path, default=DEFAULT_DATA, help='folder of *.jpg')
+  ap.add_argument('--fixtures', type=pathlib.Path, default=DEFAULT_FIXTURES)
+  ap.add_argument('--weights', type=pathlib.Path, default=None,
+                  help='official .pth/.npz state dict (default: fixture recipe weights)')
+  ap.add_argument('--scales', type=_scale_set, action='append', default=None,
+                  help='comma list of test scales; repeat the flag for several sets '
+                       '(default: 1 and 2,1,0.5)')
+  ap.add_argument('--images', type=int, default=4, help='images for single-scale sets')
+  ap.add_argument('--ms-images', type=int, default=1, help='images for multi-scale sets')
+  ap.add_argument('--repeats', type=int, default=3, help='timed runs per image (after warm-up)')
+  ap.add_argument('--allow-mismatch', action='store_true',
+                  help='time even if the baseline output differs (recorded in the JSON)')
+  ap.add_argument('--out', type=pathlib.Path, default=DEFAULT_OUT)
+  ap.add_argument('--json', action='store_true', help='print one JSON object last')
+  args = ap.parse_args()
+  scale_sets = args.scales or [(1.0,), (2.0, 1.0, 0.5)]
+  if args.images < 1 or args.ms_images < 1 or args.repeats < 1:
+    raise SystemExit('--images, --ms-images and --repeats must be >= 1')
+
+  paths = sorted(args.data.glob('*.jpg'))
+  if not paths:
+    raise SystemExit(f'--data: no *.jpg images in {args.data}')
+  images = [decode_image(p) for p in paths]
+  names = [p.name for p in paths]
+
+  config = load_config(args.config)
+  t0 = time.perf_counter()
+  if args.weights is None:
+    variables = _weights.fixture_variables(config.model, args.fixtures)
+    weights = f'fixture recipe ({_weights.fixture_name(config.model)})'
+  else:
+    variables = convert.load_official(args.weights, config.model)
+    weights = str(args.weights)
+  weights_s = time.perf_counter() - t0
+
+  runs = []
+  for scales in scale_sets:
+    n = args.images if len(scales) == 1 else args.ms_images
+    runs.append(run_scale_set(args.config, scales, variables, images[:n], names[:n],
+                              args.repeats, args.allow_mismatch))
+
+  print_table(runs)
+  first = runs[0]
+  report = {k: first[k] for k in ('network_ms', 'aggregation_ms', 'grouping_ms',
+                                   'baseline_grouping_ms', 'parse_ms', 'speedup',
+                                   'speedup_same_work', 'postprocess_pct', 'compile_s',
+                                   'identical_output', 'scales', 'images')}
+  report.update(
+      config=os.path.relpath(args.config, REPO) if args.config.is_absolute() else str(args.config),
+      weights=weights, weights_load_s=weights_s, flip_test=True, adjust=True, refine=True,
+      backend=jax.default_backend(), devices=len(jax.local_devices()), cpu_count=os.cpu_count(),
+      load_avg_1m=os.getloadavg()[0], jax=jax.__version__, python=platform.python_version(),
+      runs=runs)
+  args.out.parent.mkdir(parents=True, exist_ok=True)
+  args.out.write_text(json.dumps(report, indent=1) + '\n')
+  print(f'wrote {args.out}')
+  if args.json:
+    print(json.dumps(report))
+
+
+if __name__ == '__main__':
+  main()
