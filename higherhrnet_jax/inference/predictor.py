@@ -122,7 +122,8 @@ class Predictor:
   def prepare(self, image: np.ndarray) -> transforms.TestInput:
     """Resizes one RGB uint8 image for every test scale (host, OpenCV)."""
     return transforms.prepare_test_input(image, int(self.config.data.input_size),
-                                         tuple(self.config.test.scale_factor))
+                                         tuple(self.config.test.scale_factor),
+                                         project2image=bool(self.config.test.project2image))
 
   def dispatch(self, inputs: Sequence[transforms.TestInput], profile: bool = False) -> _InFlight:
     """Starts the device work for a batch of prepared images; returns without waiting.
