@@ -281,15 +281,29 @@ def _tag_rounded_distance(tslab, prev, acc):
 
 
 @numba.njit(cache=True)
-def blocked_transpose(a):
-  """[N, C] -> contiguous [C, N], in blocks of rows so reads and writes stay in cache."""
+def blocked_transpose_into(a, out):
+  """out [C, N] <- a [N, C].T, 16 rows at a time so reads and writes stay in cache.
+
+  Slices keep the loop indices non-negative, which lets the compiler drop index checks.
+  """
   n, c = a.shape
-  out = np.empty((c, n), a.dtype)
-  for i0 in range(0, n, 64):
-    i1 = min(i0 + 64, n)
+  nb = n - n % 16
+  for i0 in range(0, nb, 16):
+    blk = a[i0:i0 + 16]
     for k in range(c):
-      for i in range(i0, i1):
-        out[k, i] = a[i, k]
+      o = out[k, i0:i0 + 16]
+      for i in range(16):
+        o[i] = blk[i, k]
+  for i in range(nb, n):
+    for k in range(c):
+      out[k, i] = a[i, k]
+
+
+@numba.njit(cache=True)
+def blocked_transpose(a):
+  """[N, C] -> new contiguous [C, N]."""
+  out = np.empty((a.shape[1], a.shape[0]), a.dtype)
+  blocked_transpose_into(a, out)
   return out
 
 
@@ -329,14 +343,25 @@ def _best_pixel(dslab, tslab, prev, acc):
 
   A separate function on purpose: inlined into `_refine`'s loops it runs twice as slow.
   """
-  _tag_rounded_distance(tslab, prev, acc)
-  for i in range(dslab.shape[0]):
-    acc[i] = np.float32(dslab[i] - acc[i])
+  if tslab.shape[0] == 2:  # the flip-test layout, in one pass
+    t0 = tslab[0]
+    t1 = tslab[1]
+    p0 = prev[0]
+    p1 = prev[1]
+    for i in range(dslab.shape[0]):
+      e0 = np.float32(t0[i] - p0)
+      e1 = np.float32(t1[i] - p1)
+      s = np.float32(np.float32(e0 * e0) + np.float32(e1 * e1))
+      acc[i] = np.float32(dslab[i] - np.float32(np.rint(np.float32(np.sqrt(s)))))
+  else:
+    _tag_rounded_distance(tslab, prev, acc)
+    for i in range(dslab.shape[0]):
+      acc[i] = np.float32(dslab[i] - acc[i])
   return _first_argmax(acc)
 
 
 @numba.njit(cache=True)
-def _refine(poses, det, tags, dslabs):
+def _refine(poses, det, tags, dslabs, tbuf):
   """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
 
   For a missing joint j of a person with mean tag `prev` (float32 mean over its present
@@ -344,7 +369,8 @@ def _refine(poses, det, tags, dslabs):
   in row-major order, of `det[..., j] - round(|tag[..., j, :] - prev|)` (float32) and fills
   the joint there if the det value is positive. Joints are visited in the outer loop so that
   each joint's maps are read from contiguous slabs (dslabs [K, H * W] is `det` joint-major)
-  and the per-person scans are branch-free, vectorisable loops.
+  and the per-person scans are branch-free, vectorisable loops. tbuf is a float32 workspace
+  of at least K * T * H * W elements for the joint-major tags.
   """
   h, w, nj = det.shape
   nt = tags.shape[3]
@@ -376,9 +402,10 @@ def _refine(poses, det, tags, dslabs):
       joints_needed += 1
   all_at_once = 2 * joints_needed > nj
   if all_at_once:
-    tslabs = blocked_transpose(tags.reshape(n, nj * nt)).reshape(nj, nt, n)
+    tslabs = tbuf[:nj * nt * n].reshape(nj, nt, n)
+    blocked_transpose_into(tags.reshape(n, nj * nt), tslabs.reshape(nj * nt, n))
   else:
-    tslabs = np.empty((1, nt, n), np.float32)
+    tslabs = tbuf[:nt * n].reshape(1, nt, n)
   tags2 = tags.reshape(n, nj, nt)
   acc = np.empty(n, np.float32)
   for j in range(nj):
@@ -513,8 +540,8 @@ def _gather_top_k(ind, tags):
 
 
 @numba.njit(cache=True)
-def group(val_k, loc_k, tag_k, det, tags, dslabs, joint_order, detection_threshold,
-           tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine):
+def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_threshold,
+          tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine):
   """Matching, adjust, scores and refine for one image (see `parse`)."""
   poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
                                 tag_threshold, use_detection_val, ignore_too_much,
@@ -525,18 +552,21 @@ def group(val_k, loc_k, tag_k, det, tags, dslabs, joint_order, detection_thresho
     _adjust(poses, det)
   scores = person_scores(poses)
   if refine:
-    _refine(poses, det, tags, dslabs)
+    _refine(poses, det, tags, dslabs, tbuf)
   return poses, scores, OK
 
 
 @numba.njit(cache=True)
-def parse_host(det, tags, joint_order, detection_threshold, tag_threshold, use_detection_val,
-                ignore_too_much, max_num_people, kernel, padding, adjust, refine):
-  """NMS, top-k and `_group` on host arrays (see `parse`)."""
+def parse_host(det, tags, dbuf, tbuf, joint_order, detection_threshold, tag_threshold,
+               use_detection_val, ignore_too_much, max_num_people, kernel, padding, adjust,
+               refine):
+  """NMS, top-k and `group` on host arrays (see `parse`); dbuf, tbuf: float32 workspaces of
+  at least H * W * K and (with refine) H * W * K * T elements."""
   h, w, nj = det.shape
-  dslabs = blocked_transpose(det.reshape(h * w, nj))
+  dslabs = dbuf[:nj * h * w].reshape(nj, h * w)
+  blocked_transpose_into(det.reshape(h * w, nj), dslabs)
   val_k, ind = nms_top_k_host(dslabs, h, w, kernel, padding, max_num_people)
   loc_k, tag_k = _gather_top_k(ind, tags)
-  return group(val_k, loc_k, tag_k, det, tags, dslabs, joint_order, detection_threshold,
-                tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust,
-                refine)
+  return group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order,
+               detection_threshold, tag_threshold, use_detection_val, ignore_too_much,
+               max_num_people, adjust, refine)
