@@ -48,6 +48,13 @@ _PAIR_COLOURS = {
     'knee': (255, 255, 0),
     'ankle': (128, 0, 255),
 }
+# Markers are drawn body first, extremities and face last: where markers overlap (small
+# people), the end of a limb stays visible.
+_MARKER_ORDER = tuple(_J[n] for n in (
+    'left_hip', 'right_hip', 'left_shoulder', 'right_shoulder', 'left_knee', 'right_knee',
+    'left_elbow', 'right_elbow', 'left_ankle', 'right_ankle', 'left_wrist', 'right_wrist',
+    'left_ear', 'right_ear', 'left_eye', 'right_eye', 'nose'))
+_FACE = frozenset(_J[n] for n in ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear'))
 _FIXED_POINT = 4  # cv2 `shift`: coordinates carry 4 fractional bits
 _SCALE = 1 << _FIXED_POINT
 
@@ -83,11 +90,11 @@ def _pose(rng: np.random.Generator, height: float, centre: np.ndarray) -> np.nda
 
   p = np.zeros((K, 2))
   h = 1.0
-  head = np.array([0.0, -0.43])
-  p[_J['nose']] = head + [0.0, 0.012]
+  head = np.array([0.0, -0.45])
+  p[_J['nose']] = head + [0.0, 0.035]
   for side, s in (('left', 1.0), ('right', -1.0)):
-    p[_J[f'{side}_eye']] = head + [s * 0.03, -0.015]
-    p[_J[f'{side}_ear']] = head + [s * 0.065, 0.0]
+    p[_J[f'{side}_eye']] = head + [s * 0.045, -0.02]
+    p[_J[f'{side}_ear']] = head + [s * 0.105, 0.0]
     shoulder = np.array([s * 0.14, -0.30])
     hip = np.array([s * 0.09, 0.0])
     p[_J[f'{side}_shoulder']] = shoulder
@@ -99,7 +106,7 @@ def _pose(rng: np.random.Generator, height: float, centre: np.ndarray) -> np.nda
     p[_J[f'{side}_knee']] = limb(hip, 0.23 * h, thigh, s)
     p[_J[f'{side}_ankle']] = limb(p[_J[f'{side}_knee']], 0.23 * h, thigh + rng.uniform(-40, 15), s)
   # Body turned a little (narrower) and leaning a little; pelvis at the origin.
-  p[:, 0] *= rng.uniform(0.7, 1.0)
+  p[:, 0] *= rng.uniform(0.8, 1.0)
   lean = rng.normal(0.0, 0.12)
   rot = np.array([[np.cos(lean), -np.sin(lean)], [np.sin(lean), np.cos(lean)]])
   return (p @ rot.T) * height + centre
@@ -108,9 +115,9 @@ def _pose(rng: np.random.Generator, height: float, centre: np.ndarray) -> np.nda
 def _marker(image: np.ndarray, name: str, xy: np.ndarray, r: float, colour) -> None:
   x, y = xy
   if name.startswith('left_'):  # triangle pointing to the image right, centroid at (x, y)
-    tri = np.array([[x - r, y - r], [x - r, y + r], [x + 2 * r, y]])
+    tri = np.array([[x - 0.7 * r, y - r], [x - 0.7 * r, y + r], [x + 1.4 * r, y]])
   elif name.startswith('right_'):  # its mirror image
-    tri = np.array([[x + r, y - r], [x + r, y + r], [x - 2 * r, y]])
+    tri = np.array([[x + 0.7 * r, y - r], [x + 0.7 * r, y + r], [x - 1.4 * r, y]])
   else:
     cv2.circle(image, tuple(_fp(xy)), int(round(r * 1.2 * _SCALE)), colour, -1, cv2.LINE_AA,
                _FIXED_POINT)
@@ -131,13 +138,14 @@ def _draw_figure(canvas: np.ndarray, pts: np.ndarray, height: float, body, skin,
   neck = (pts[_J['left_shoulder']] + pts[_J['right_shoulder']]) / 2
   head = (pts[_J['left_ear']] + pts[_J['right_ear']]) / 2
   cv2.line(canvas, tuple(_fp(neck)), tuple(_fp(head)), body, thick, cv2.LINE_AA, _FIXED_POINT)
-  axes = (max(1.0, 0.085 * height), max(1.0, 0.1 * height))
+  axes = (max(1.0, 0.11 * height), max(1.0, 0.12 * height))
   cv2.ellipse(canvas, tuple(_fp(head)), tuple(int(round(a * _SCALE)) for a in axes), 0, 0, 360,
               skin, -1, cv2.LINE_AA, _FIXED_POINT)
   if markers:
-    r = max(1.6, 0.03 * height)
-    for k, name in enumerate(_SPEC.joint_names):
+    for k in _MARKER_ORDER:
+      name = _SPEC.joint_names[k]
       colour = _joint_colour(name) if canvas.ndim == 3 else body
+      r = max(1.2, 0.02 * height) if k in _FACE else max(1.5, 0.03 * height)
       _marker(canvas, name, pts[k], r, colour)
 
 
@@ -249,7 +257,7 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
       continue
     kps = np.zeros((K, 3))
     if not fig['tiny']:
-      for k, (x, y) in enumerate(fig['pts']):
+      for k, (x, y) in enumerate(np.round(fig['pts'], 2)):  # as written to the JSON
         if 0 <= x < size and 0 <= y < size:
           xi, yi = int(x), int(y)
           kps[k] = (x, y, 2 if visible[yi, xi] else 1)
