@@ -230,6 +230,13 @@ class TrainIterator(grain.DatasetIterator):
     return self.plan.steps_per_epoch
 
   @property
+  def num_records(self) -> int:
+    """Records of the whole dataset (all hosts): the size of an epoch."""
+    return self.plan.num_records
+
+  num_samples = num_records
+
+  @property
   def epoch(self) -> int:
     return self.step // self.plan.steps_per_epoch
 
@@ -285,7 +292,7 @@ class TrainIterator(grain.DatasetIterator):
             f'workers={self.worker_count})')
 
 
-def make_train_loader(config: Any, *, split: str = 'train', seed: int | None = None,
+def make_train_loader(config: Any, split: str = 'train', *, seed: int | None = None,
                       worker_count: int | None = None, shard_index: int | None = None,
                       shard_count: int | None = None, num_epochs: int | None = None,
                       source: ExampleSource | None = None) -> TrainIterator:

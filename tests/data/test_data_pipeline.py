@@ -48,7 +48,10 @@ def _assert_same(batches_a, batches_b):
 
 def test_batch_layout_and_real_ids(synth_root):
   c = _config(synth_root)
-  it = pipeline.make_train_loader(c, worker_count=0, shard_index=0, shard_count=1)
+  # The split may be given by its name, as the training loop does.
+  it = pipeline.make_train_loader(c, c.dataset.train_split, worker_count=0, shard_index=0,
+                                  shard_count=1)
+  assert it.num_records == NUM_IMAGES
   b = next(it)
   k, m = c.model.num_joints, c.data.max_num_people
   assert b['image'].shape == (2, 64, 64, 3) and b['image'].dtype == np.float32
