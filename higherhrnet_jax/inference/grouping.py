@@ -111,6 +111,11 @@ def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding:
 # ------------------------------------------------------------------------------ public API
 
 
+# Refine runs its map scans on all cores once they cover this many pixels in all (a
+# 512 x 832 map with 10 missing joints); below, thread start-up costs more than it saves.
+# A negative value keeps refine on one thread.
+PARALLEL_REFINE_MIN_WORK = 1 << 22
+
 _workspaces = threading.local()
 
 
@@ -224,7 +229,7 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
                                      p['joint_order'], p['detection_threshold'],
                                      p['tag_threshold'], p['use_detection_val'],
                                      p['ignore_too_much'], p['max_num_people'], bool(adjust),
-                                     bool(refine))
+                                     bool(refine), PARALLEL_REFINE_MIN_WORK)
   return _checked(poses, scores, status)
 
 
@@ -259,5 +264,5 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
                                           p['detection_threshold'], p['tag_threshold'],
                                           p['use_detection_val'], p['ignore_too_much'],
                                           p['max_num_people'], kernel, padding, bool(adjust),
-                                          bool(refine))
+                                          bool(refine), PARALLEL_REFINE_MIN_WORK)
   return _checked(poses, scores, status)

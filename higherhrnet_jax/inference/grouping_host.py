@@ -361,7 +361,7 @@ def _best_pixel(dslab, tslab, prev, acc):
 
 
 @numba.njit(cache=True)
-def _refine(poses, det, tags, dslabs, tbuf):
+def _refine(poses, det, tags, dslabs, tbuf, parallel_min_work):
   """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
 
   For a missing joint j of a person with mean tag `prev` (float32 mean over its present
@@ -370,7 +370,9 @@ def _refine(poses, det, tags, dslabs, tbuf):
   the joint there if the det value is positive. Joints are visited in the outer loop so that
   each joint's maps are read from contiguous slabs (dslabs [K, H * W] is `det` joint-major)
   and the per-person scans are branch-free, vectorisable loops. tbuf is a float32 workspace
-  of at least K * T * H * W elements for the joint-major tags.
+  of at least K * T * H * W elements for the joint-major tags. With at least
+  `parallel_min_work` scanned pixels in all (and >= 0) the scans run on all cores; each scan
+  is independent, so the result does not depend on it.
   """
   h, w, nj = det.shape
   nt = tags.shape[3]
@@ -392,36 +394,60 @@ def _refine(poses, det, tags, dslabs, tbuf):
     mean_rows_f32(rows, cnt, prevs[p])
     for j in range(nj):
       need[p, j] = poses[p, j, 2] == 0
-  if not need.any():
-    return
-  # Joint-major copies of the tag maps: all joints in one cache-blocked pass when most are
-  # needed, else only the needed joints (each a strided gather).
+  num_scans = 0
   joints_needed = 0
   for j in range(nj):
-    if need[:, j].any():
-      joints_needed += 1
-  all_at_once = 2 * joints_needed > nj
+    cnt = 0
+    for p in range(npeople):
+      cnt += need[p, j]
+    num_scans += cnt
+    joints_needed += cnt > 0
+  if num_scans == 0:
+    return
+  parallel = 0 <= parallel_min_work <= num_scans * n and num_scans > 1
+  # Joint-major copies of the tag maps: all joints in one cache-blocked pass when most are
+  # needed (or scans run in parallel), else only the needed joints (each a strided gather).
+  all_at_once = parallel or 2 * joints_needed > nj
   if all_at_once:
     tslabs = tbuf[:nj * nt * n].reshape(nj, nt, n)
     blocked_transpose_into(tags.reshape(n, nj * nt), tslabs.reshape(nj * nt, n))
   else:
     tslabs = tbuf[:nt * n].reshape(1, nt, n)
-  tags2 = tags.reshape(n, nj, nt)
-  acc = np.empty(n, np.float32)
-  for j in range(nj):
-    if not need[:, j].any():
-      continue
-    dslab = dslabs[j]
-    if all_at_once:
-      tslab = tslabs[j]
-    else:
-      tslab = tslabs[0]
-      _gather_joint(tags2, j, tslab)
+  best = np.full((npeople, nj), -1, np.int64)
+  if parallel:
+    scan_p = np.empty(num_scans, np.int64)
+    scan_j = np.empty(num_scans, np.int64)
+    s = 0
     for p in range(npeople):
-      if not need[p, j]:
+      for j in range(nj):
+        if need[p, j]:
+          scan_p[s] = p
+          scan_j[s] = j
+          s += 1
+    found = np.empty(num_scans, np.int64)
+    _scan_parallel(dslabs, tslabs, prevs, scan_p, scan_j, found)
+    for s in range(num_scans):
+      best[scan_p[s], scan_j[s]] = found[s]
+  else:
+    tags2 = tags.reshape(n, nj, nt)
+    acc = np.empty(n, np.float32)
+    for j in range(nj):
+      if not need[:, j].any():
         continue
-      bi = _best_pixel(dslab, tslab, prevs[p], acc)
-      val = dslab[bi]
+      if all_at_once:
+        tslab = tslabs[j]
+      else:
+        tslab = tslabs[0]
+        _gather_joint(tags2, j, tslab)
+      for p in range(npeople):
+        if need[p, j]:
+          best[p, j] = _best_pixel(dslabs[j], tslab, prevs[p], acc)
+  for p in range(npeople):
+    for j in range(nj):
+      bi = best[p, j]
+      if bi < 0:
+        continue
+      val = dslabs[j, bi]
       if val > 0:
         by = bi // w
         bx = bi % w
@@ -430,6 +456,15 @@ def _refine(poses, det, tags, dslabs, tbuf):
         poses[p, j, 0] = np.float32(bx + 0.5 + dx)
         poses[p, j, 1] = np.float32(by + 0.5 + dy)
         poses[p, j, 2] = val
+
+
+@numba.njit(cache=True, parallel=True)
+def _scan_parallel(dslabs, tslabs, prevs, scan_p, scan_j, found):
+  """`_best_pixel` for every (person, joint) scan, spread over the cores."""
+  n = dslabs.shape[1]
+  for s in numba.prange(scan_p.shape[0]):
+    acc = np.empty(n, np.float32)
+    found[s] = _best_pixel(dslabs[scan_j[s]], tslabs[scan_j[s]], prevs[scan_p[s]], acc)
 
 
 @numba.njit(cache=True)
@@ -541,7 +576,8 @@ def _gather_top_k(ind, tags):
 
 @numba.njit(cache=True)
 def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_threshold,
-          tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine):
+          tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine,
+          parallel_min_work):
   """Matching, adjust, scores and refine for one image (see `parse`)."""
   poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
                                 tag_threshold, use_detection_val, ignore_too_much,
@@ -552,14 +588,14 @@ def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_t
     _adjust(poses, det)
   scores = person_scores(poses)
   if refine:
-    _refine(poses, det, tags, dslabs, tbuf)
+    _refine(poses, det, tags, dslabs, tbuf, parallel_min_work)
   return poses, scores, OK
 
 
 @numba.njit(cache=True)
 def parse_host(det, tags, dbuf, tbuf, joint_order, detection_threshold, tag_threshold,
                use_detection_val, ignore_too_much, max_num_people, kernel, padding, adjust,
-               refine):
+               refine, parallel_min_work):
   """NMS, top-k and `group` on host arrays (see `parse`); dbuf, tbuf: float32 workspaces of
   at least H * W * K and (with refine) H * W * K * T elements."""
   h, w, nj = det.shape
@@ -569,4 +605,4 @@ def parse_host(det, tags, dbuf, tbuf, joint_order, detection_threshold, tag_thre
   loc_k, tag_k = _gather_top_k(ind, tags)
   return group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order,
                detection_threshold, tag_threshold, use_detection_val, ignore_too_much,
-               max_num_people, adjust, refine)
+               max_num_people, adjust, refine, parallel_min_work)

@@ -104,6 +104,15 @@ def test_parse_parity_all_scenes(scenes, config, mode):
     np.testing.assert_array_equal(scores, d[f'scores_{mode}'], err_msg=f'scene {i}')
 
 
+def test_parallel_refine_matches_fixture(scenes, config, monkeypatch):
+  """Refine's scans on all cores (forced for these small maps) give the same people."""
+  monkeypatch.setattr(grouping, 'PARALLEL_REFINE_MIN_WORK', 0)
+  for i in (3, 10, 15):
+    poses, scores = grouping.parse(scenes[i]['hm'], scenes[i]['tg'], config)
+    np.testing.assert_array_equal(poses, scenes[i]['grouped_TT'], err_msg=f'scene {i}')
+    np.testing.assert_array_equal(scores, scenes[i]['scores_TT'], err_msg=f'scene {i}')
+
+
 # ------------------------------------------------------------------- hand-built top-k cases
 
 
