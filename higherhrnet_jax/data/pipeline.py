@@ -272,7 +272,9 @@ class TrainIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, Any]) -> None:
     p = self.plan
-    for field in ('seed', 'num_records', 'batch_size', 'shard_index', 'shard_count'):
+    # The shard index is not compared: a batch is a function of the step for every host, so
+    # all hosts may restore the state saved by one of them.
+    for field in ('seed', 'num_records', 'batch_size', 'shard_count'):
       if state.get(field) != getattr(p, field):
         raise ValueError(f'iterator state: {field} = {state.get(field)!r} but this pipeline has '
                          f'{getattr(p, field)!r}; it was saved for another dataset or setup')

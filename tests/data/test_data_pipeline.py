@@ -119,6 +119,11 @@ def test_state_from_another_setup_is_rejected(synth_root):
                                      shard_count=1)
   with pytest.raises(ValueError, match='batch_size'):
     other.set_state(state)
+  # Every host may restore the state saved by host 0: batches are a function of the step.
+  host1 = pipeline.make_train_loader(_config(synth_root), worker_count=0, shard_index=1,
+                                     shard_count=1 + 1)
+  host1.set_state({**state, 'shard_count': 2, 'batch_size': 1, 'step': 3})
+  assert host1.step == 3
 
 
 def test_four_host_split_is_disjoint_and_covers_the_dataset(synth_root):
