@@ -187,7 +187,7 @@ class BatchMaker:
                        'could not be read; is the image folder right?')
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    _init_process()
+    transforms.reuse_large_buffers()  # once per process
     epoch, records = self.plan.batch_records(int(step))
     samples, ids, skipped = [], [], 0
     for r in records:

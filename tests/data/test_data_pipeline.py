@@ -121,7 +121,7 @@ def test_state_from_another_setup_is_rejected(synth_root):
     other.set_state(state)
   # Every host may restore the state saved by host 0: batches are a function of the step.
   host1 = pipeline.make_train_loader(_config(synth_root), worker_count=0, shard_index=1,
-                                     shard_count=1 + 1)
+                                     shard_count=2)
   host1.set_state({**state, 'shard_count': 2, 'batch_size': 1, 'step': 3})
   assert host1.step == 3
 
