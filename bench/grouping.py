@@ -7,7 +7,10 @@ run on every scene of the official `grouping.npz` fixture and must give identica
 scores; then both are timed in the same process, scene by scene, interleaved.
 
 Usage:
-  python bench/grouping.py [--fixtures DIR] [--repeats N] [--json]
+  python bench/grouping.py [--fixtures DIR] [--repeats N] [--large] [--json]
+
+`--large` adds one full-resolution case (maps at the 512 x 832 network-input size that
+PROJECT2IMAGE gives): fixture scene 10 tiled 4 x 7 and cropped, ~33 people.
 
 With `--json` the last printed line is one JSON object with `grouping_ms`,
 `baseline_grouping_ms` (means over scenes of per-scene medians), `speedup`, the same from
@@ -159,6 +162,14 @@ def _load_scenes(fixtures: pathlib.Path) -> list[tuple[np.ndarray, np.ndarray]]:
   return scenes
 
 
+def _large_scene(scenes) -> tuple[np.ndarray, np.ndarray]:
+  det, tag = scenes[10]
+  big = np.tile(det, (4, 7, 1))[:512, :832]
+  noise = np.random.default_rng(0).uniform(0, 1e-4, big.shape).astype(np.float32)
+  big = np.ascontiguousarray(big + noise * (big > 0))  # keep the tiled peaks distinct
+  return big, np.ascontiguousarray(np.tile(tag, (4, 7, 1, 1))[:512, :832])
+
+
 def _time_ms(fn, *args) -> float:
   t0 = time.perf_counter()
   fn(*args)
@@ -175,6 +186,7 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--fixtures', type=pathlib.Path, default=DEFAULT_FIXTURES)
   ap.add_argument('--repeats', type=int, default=7, help='timed runs per scene and method')
+  ap.add_argument('--large', action='store_true', help='add a 512 x 832 case (slow baseline)')
   ap.add_argument('--json', action='store_true', help='print one JSON object last')
   args = ap.parse_args()
 
@@ -224,8 +236,21 @@ def main() -> None:
         f'interleaved runs. parse: numba NMS/top-k + matching + adjust + refine; jax+host: '
         f'jitted nms_top_k on {jax.default_backend()} + parse_top_k; baseline: NumPy + '
         f'munkres {munkres_version}.')
+  extra = {}
+  if args.large:
+    det, tag = _large_scene(scenes)
+    ours = grouping.parse(det, tag, config)
+    base = baseline_parse(det, tag, config)
+    if not (np.array_equal(ours[0], base[0]) and np.array_equal(ours[1], base[1])):
+      raise SystemExit('large case: parse and the baseline disagree')
+    o = min(_time_ms(grouping.parse, det, tag, config) for _ in range(3))
+    b = _time_ms(baseline_parse, det, tag, config)
+    print(f'large 512x832, {ours[0].shape[0]} people (identical output): parse {o:.1f} ms '
+          f'(best of 3), baseline {b:.1f} ms (one run), {b / o:.1f}x')
+    extra = dict(large_grouping_ms=round(o, 3), large_baseline_grouping_ms=round(b, 3),
+                 large_speedup=round(b / o, 2))
   if args.json:
-    print(json.dumps(dict(
+    print(json.dumps(dict(**extra,
         grouping_ms=round(ours_ms, 4), baseline_grouping_ms=round(base_ms, 4),
         speedup=round(base_ms / ours_ms, 2), grouping_best_ms=round(ours_best, 4),
         baseline_grouping_best_ms=round(base_best, 4),
