@@ -242,15 +242,18 @@ def _baseline():
   return module
 
 
-def test_single_tag_channel_and_no_detection_value(scenes):
-  """No fixture covers T = 1 (pairwise means) or use_detection_val=False: cross-check with
-  the plain NumPy + munkres 1.1.4 rendering of the official algorithm in bench/grouping.py
-  (exact equality)."""
+@pytest.mark.parametrize('num_tags', [1, 9])
+def test_other_tag_widths_and_no_detection_value(scenes, num_tags):
+  """No fixture covers T = 1 (NumPy then averages with pairwise sums), T >= 8 (pairwise
+  squared-distance sums) or use_detection_val=False: cross-check with the plain NumPy +
+  munkres 1.1.4 rendering of the official algorithm in bench/grouping.py (exact)."""
   pytest.importorskip('munkres')
   baseline = _baseline()
   c = base_config()
-  for d in scenes[:4]:
-    tg = np.ascontiguousarray(d['tg'][..., :1])
+  rng = np.random.default_rng(num_tags)
+  for d in scenes[:3]:
+    tg = d['tg'][..., [0] * num_tags]
+    tg = np.ascontiguousarray(tg + rng.normal(0, 0.02, tg.shape).astype(np.float32))
     for use_val in (True, False):
       c.test.use_detection_val = use_val
       ours = grouping.parse(d['hm'], tg, c)
