@@ -136,7 +136,8 @@ def main(argv=None) -> None:
       sample_ms=round(per_sample_stages * 1e3, 3),
       batch_sample_ms=round(batch_s * 1e3, 3),
       samples_per_s_per_core=round(1.0 / batch_s, 1),
-      loader_workers=args.workers, loader_samples_per_s=None if loader is None else round(loader, 1),
+      loader_workers=args.workers,
+      loader_samples_per_s=None if loader is None else round(loader, 1),
       cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
       opencv=cv2.__version__, numpy=np.__version__,
   )

@@ -157,7 +157,8 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 class BatchMaker:
   """Builds host batch `step` (a picklable callable, run inside the grain workers)."""
 
-  def __init__(self, source: ExampleSource, plan: ShardPlan, sample_config: transforms.SampleConfig):
+  def __init__(self, source: ExampleSource, plan: ShardPlan,
+               sample_config: transforms.SampleConfig):
     self.source = source
     self.plan = plan
     self.sample_config = sample_config

@@ -199,7 +199,8 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
     region = np.zeros((size, size), np.uint8)
     for _ in range(rng.integers(3, 7)):
       fh = rng.uniform(0.07, 0.11) * size
-      c = np.array([rng.uniform(x0 + fh * 0.2, x0 + w - fh * 0.2), rng.uniform(y0 + fh * 0.5, y0 + h)])
+      c = np.array([rng.uniform(x0 + fh * 0.2, x0 + w - fh * 0.2),
+                    rng.uniform(y0 + fh * 0.5, y0 + h)])
       pts = _pose(rng, fh, c)
       colour = tuple(int(v) for v in rng.uniform(40, 220, 3))
       _draw_figure(image, pts, fh, colour, colour, markers=False)

@@ -51,7 +51,8 @@ def test_scene_statistics(written):
   assert max(counts) <= 6 and len(set(counts)) >= 3  # variable number of people
   assert any(a['iscrowd'] for a in data['annotations'])
   assert any(a['num_keypoints'] == 0 and not a['iscrowd'] for a in data['annotations'])
-  vis = np.concatenate([np.asarray(a['keypoints']).reshape(17, 3)[:, 2] for a in data['annotations']])
+  vis = np.concatenate([np.asarray(a['keypoints']).reshape(17, 3)[:, 2]
+                        for a in data['annotations']])
   assert (vis == 1).any() and (vis == 2).mean() > 0.5  # occlusion occurs, but not mostly
   heights = [a['bbox'][3] for a in data['annotations'] if a['num_keypoints'] > 10]
   assert max(heights) > 2 * min(heights)  # people of varying scale
@@ -110,7 +111,8 @@ def test_crowd_regions_and_keypointless_people_are_masked(written):
 
 
 def test_cli_writes_both_splits(tmp_path, capsys):
-  synthetic.main(['--out', str(tmp_path), '--num-train', '2', '--num-val', '1', '--image-size', '64'])
+  synthetic.main(['--out', str(tmp_path), '--num-train', '2', '--num-val', '1',
+                  '--image-size', '64'])
   for split, n in (('train2017', 2), ('val2017', 1)):
     data = json.loads((tmp_path / 'annotations' / f'person_keypoints_{split}.json').read_text())
     assert len(data['images']) == n

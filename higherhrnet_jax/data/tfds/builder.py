@@ -66,7 +66,8 @@ class KeypointsConfig(tfds.core.BuilderConfig):
 
 
 def _coco_splits() -> tuple[SplitFiles, ...]:
-  return tuple(SplitFiles(s, f'annotations/person_keypoints_{s}.json', f'images/{s}', s == 'train2017')
+  return tuple(SplitFiles(s, f'annotations/person_keypoints_{s}.json', f'images/{s}',
+                          s == 'train2017')
                for s in ('train2017', 'val2017'))
 
 

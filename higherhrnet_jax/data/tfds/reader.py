@@ -57,7 +57,8 @@ class TfdsSource:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # noqa: BLE001 - tfds raises several kinds here
       raise FileNotFoundError(f'no TFDS build {name!r} split {split!r} in {data_dir} '
-                              f'(build it with higherhrnet_jax.data.tfds.builder.build): {e}') from e
+                              f'(build it with higherhrnet_jax.data.tfds.builder.build): {e}'
+                              ) from e
     d = config.data
     return cls(source, scale_aware_sigma=bool(d.scale_aware_sigma), base_size=d.base_size,
                base_sigma=d.base_sigma, int_sigma=bool(d.int_sigma))
@@ -93,7 +94,8 @@ class TfdsSource:
                                                        joints.shape[:2] + (1,))], axis=-1)
     mask = cv2.imdecode(np.frombuffer(rec['mask'], np.uint8), cv2.IMREAD_UNCHANGED)
     if mask is None or mask.shape != image.shape[:2]:
-      raise coco.CorruptImageError(f"{_text(rec['file_name'])}: stored mask unreadable or mis-sized")
+      raise coco.CorruptImageError(
+          f"{_text(rec['file_name'])}: stored mask unreadable or mis-sized")
     return {'image': image, 'joints': joints, 'mask': mask > 0,
             'image_id': int(rec['image_id'])}
 
