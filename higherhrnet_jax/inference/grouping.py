@@ -253,6 +253,9 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
 
   Raises:
     ValueError: on mis-shaped maps or NaN / infinite values.
+
+  Other float dtypes are cast to float32. Safe to call from several threads (scratch
+  buffers are per thread and kept between calls: about 4 * H * W * K * (1 + T) bytes).
   """
   p = _params(config)
   heatmaps, tags = _check_maps(heatmaps, tags, len(p['joint_order']))

@@ -70,7 +70,6 @@ def pairwise_sum(a, lo, n):
   node_n = np.empty(128, np.int64)
   node_done = np.zeros(128, np.bool_)
   vals = np.zeros(128, a.dtype)
-  top = 0
   nv = 0
   node_lo[0] = lo
   node_n[0] = n
