@@ -20,6 +20,9 @@ from higherhrnet_jax import config as config_lib  # noqa: E402
 from higherhrnet_jax.training import batches, optim, sharding, state as state_lib, step as step_lib  # noqa: E402
 
 
+_INITIAL = None
+
+
 def make_runner(cfg, devices, batch_shape, shard_params=False):
   """Returns `run(batch) -> (param update, batch stats, loss, param specs)` from a fresh state."""
   model = tiny_standin.build(cfg.model)
@@ -27,7 +30,11 @@ def make_runner(cfg, devices, batch_shape, shard_params=False):
   tx, sched = optim.make_optimizer(cfg, 100)
   state, shardings = state_lib.create_train_state(
       model, tx, jax.random.PRNGKey(0), batch_shape, mesh, shard_params)
-  initial = jax.tree.map(np.asarray, state)
+  # Every runner starts from the same values (a random init may depend on sharding).
+  global _INITIAL
+  if _INITIAL is None:
+    _INITIAL = jax.tree.map(np.asarray, state)
+  initial = _INITIAL
   fn = step_lib.make_train_step(model, tx, cfg, mesh, shardings, sched)
 
   def run(batch):
@@ -71,6 +78,7 @@ def main():
   with cfg.unlocked():
     cfg.train.per_device_batch_norm = True
   dp, sp, lp, _ = run(cfg, devs, batch)
+  dpf, spf, lpf, _ = run(cfg, devs, batch, shard_params=True)
   # Reference: each image alone on one device (its own BN statistics), then averaged.
   single = make_runner(cfg, devs[:1], (1,) + batch['image'].shape[1:])
   singles = [single({k: v[i:i + 1] for k, v in batch.items()}) for i in range(8)]
@@ -79,6 +87,8 @@ def main():
       'loss_per_device': lp, 'loss_per_image_mean': float(np.mean([s[2] for s in singles])),
       'update_rel_per_device': max_rel(dp, mean([s[0] for s in singles])),
       'stats_rel_per_device': max_rel(sp, mean([s[1] for s in singles])),
+      'loss_per_device_fsdp': lpf, 'update_rel_per_device_fsdp': max_rel(dpf, dp),
+      'stats_rel_per_device_fsdp': max_rel(spf, sp),
   })
   print(json.dumps(out))
 

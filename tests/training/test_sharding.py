@@ -39,3 +39,9 @@ def test_per_device_batch_norm_equals_mean_of_per_image_steps(result):
   assert result['loss_per_device'] == pytest.approx(result['loss_per_image_mean'], rel=1e-5)
   assert result['update_rel_per_device'] < 1e-4
   assert result['stats_rel_per_device'] < 1e-5
+
+
+def test_per_device_batch_norm_with_fsdp_equals_replicated(result):
+  assert result['loss_per_device_fsdp'] == pytest.approx(result['loss_per_device'], rel=1e-6)
+  assert result['update_rel_per_device_fsdp'] < 1e-4
+  assert result['stats_rel_per_device_fsdp'] < 1e-5
