@@ -573,11 +573,15 @@ def _gather_top_k(ind, tags):
   return loc_k, tag_k
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_threshold,
           tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine,
           parallel_min_work):
-  """Matching, adjust, scores and refine for one image (see `parse`)."""
+  """Matching, adjust, scores and refine for one image (see `parse`).
+
+  Entry points release the GIL, so grouping in a worker thread overlaps with Python work
+  (e.g. dispatching the next batch) in the main thread.
+  """
   poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
                                 tag_threshold, use_detection_val, ignore_too_much,
                                 max_num_people)
@@ -591,7 +595,7 @@ def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_t
   return poses, scores, OK
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def parse_host(det, tags, dbuf, tbuf, joint_order, detection_threshold, tag_threshold,
                use_detection_val, ignore_too_much, max_num_people, kernel, padding, adjust,
                refine, parallel_min_work):

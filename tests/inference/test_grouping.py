@@ -288,3 +288,14 @@ def test_parse_top_k_rejects_bad_candidates(config):
     grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, config)
   with pytest.raises(ValueError, match='inconsistent top-k shapes'):
     grouping.parse_top_k(val_k[:, :1], loc_k, tag_k, hm, tg, config)
+
+
+def test_parse_from_several_threads(scenes, config):
+  """Per-thread scratch buffers and GIL-free kernels: concurrent calls stay exact."""
+  from concurrent.futures import ThreadPoolExecutor
+  picked = [scenes[i] for i in (1, 5, 11, 16, 18, 2)]
+  with ThreadPoolExecutor(3) as pool:
+    results = list(pool.map(lambda d: grouping.parse(d['hm'], d['tg'], config), picked))
+  for d, (poses, scores) in zip(picked, results):
+    np.testing.assert_array_equal(poses, d['grouped_TT'])
+    np.testing.assert_array_equal(scores, d['scores_TT'])
