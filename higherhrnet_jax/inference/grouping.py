@@ -216,9 +216,13 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
                      f'loc_k {loc_k.shape}, tag_k {tag_k.shape} for {nj} joints')
   if not (_all_finite(val_k) and _all_finite(tag_k)):
     raise ValueError('grouping.parse_top_k: top-k values or tags contain NaN or inf')
-  if loc_k.size and not ((loc_k >= 0).all() and (loc_k[..., 0] < w).all()
-                         and (loc_k[..., 1] < h).all()):
-    raise ValueError(f'grouping.parse_top_k: loc_k outside the {h}x{w} maps')
+  # Only candidates above the detection threshold are ever read; the others may point
+  # anywhere (e.g. into the padding of a batch computed on larger maps).
+  used = loc_k[val_k.astype(np.float64) > p['detection_threshold']]
+  if used.size and not ((used >= 0).all() and (used[:, 0] < w).all()
+                        and (used[:, 1] < h).all()):
+    raise ValueError(f'grouping.parse_top_k: candidates above detection_threshold lie '
+                     f'outside the {h}x{w} maps (loc_k)')
   if refine:
     dslabs = _workspace('det', heatmaps.size)[:heatmaps.size].reshape(nj, h * w)
     host.blocked_transpose_into(heatmaps.reshape(h * w, nj), dslabs)

@@ -283,8 +283,12 @@ def test_parse_small_and_noisy_maps_match_device_split_path(config, h, w):
 def test_parse_top_k_rejects_bad_candidates(config):
   hm, tg = _maps()
   _, val_k, loc_k, tag_k = _top_k([[0.0, 1.0]])
-  loc_k[3, 1] = (48, 0)  # x == W
-  with pytest.raises(ValueError, match='loc_k outside'):
+  order = base_config().dataset.keypoints.joint_order
+  below = loc_k.copy()
+  below[order[1], 0] = (500, 500)  # a candidate below the threshold is never read
+  grouping.parse_top_k(val_k, below, tag_k, hm, tg, config)
+  loc_k[order[0], 1] = (48, 0)  # x == W for a used candidate
+  with pytest.raises(ValueError, match=r'outside the 32x48 maps \(loc_k\)'):
     grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, config)
   with pytest.raises(ValueError, match='inconsistent top-k shapes'):
     grouping.parse_top_k(val_k[:, :1], loc_k, tag_k, hm, tg, config)
