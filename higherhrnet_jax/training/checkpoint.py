@@ -112,6 +112,10 @@ class Checkpointer:
     self._best.save(step, args=self._args(state, data_state),
                     metrics={'AP': float(metrics['AP'])}, force=True)
 
+  def reached_preemption(self, step: int) -> bool:
+    """True when the cluster announced a preemption (multi-host jobs; all hosts agree)."""
+    return self._manager.reached_preemption(step)
+
   def best_step(self) -> int | None:
     return self._best.best_step()
 

@@ -12,6 +12,8 @@ import logging as std_logging
 import math
 import os
 import pathlib
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -146,6 +148,27 @@ def _initial_variables(config: ml_collections.ConfigDict, state: state_lib.Train
   return variables
 
 
+class _TermFlag:
+  """Turns SIGTERM (how schedulers announce preemption) into a flag the loop polls.
+
+  Only in single-process jobs: with several hosts each would see the signal at a
+  different step, so there the loop relies on orbax's preemption sync point instead.
+  """
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+  def is_set(self) -> bool:
+    return self._event.is_set()
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def _setup_logging(workdir: pathlib.Path) -> None:
   level = std_logging.INFO if log_lib.is_chief() else std_logging.WARNING
   log.setLevel(level)
@@ -233,6 +256,7 @@ def train(
   eval_every = int(t.eval_every_epochs) * steps_per_epoch
   step = start
   progress.start(step)
+  term = _TermFlag()
   try:
     while step < total_steps:
       batch = sharding_lib.global_batch(device_batch(next(data_iter)), mesh)
@@ -258,8 +282,12 @@ def train(
         log.info('eval at step %d: %s', step, json.dumps({k: round(float(v), 4) for k, v in results.items()}))
         writer.scalars(step, results, prefix='eval')
         ckpt.save_best(step, state, data_iter.get_state(), results)
+      if term.is_set() or ckpt.reached_preemption(step):
+        log.warning('preemption signal: saving step %d and stopping; rerun to resume', step)
+        break
     ckpt.save(step, state, data_iter.get_state())
   finally:
+    term.restore()
     ckpt.close()
     writer.close()
   return state

@@ -74,3 +74,21 @@ def test_sigkill_and_restart_reproduce_losses_exactly(tmp_path):
 @pytest.mark.slow
 def test_sigkill_and_restart_reproduce_losses_exactly_tiny_model(tmp_path):
   _kill_and_resume(tmp_path, 'tiny', steps=8, kill_after=5)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
+  loss_log = tmp_path / 'run.txt'
+  run = _start(tmp_path / 'run', loss_log, 500, 'standin')
+  deadline = time.time() + 300
+  while not any(s >= 3 for s, _ in _read(loss_log)):
+    assert run.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  run.send_signal(signal.SIGTERM)
+  out, _ = run.communicate(timeout=120)
+  assert run.returncode == 0, out[-3000:]
+  assert 'preemption signal' in out
+  last = max(s for s, _ in _read(loss_log))
+  assert last < 500
+  steps = sorted(int(p.name) for p in (tmp_path / 'run' / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps[-1] == last
