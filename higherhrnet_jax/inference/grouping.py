@@ -25,6 +25,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numba
 import numpy as np
 
 from higherhrnet_jax.inference import grouping_host as host
@@ -113,8 +114,9 @@ def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding:
 
 # Refine runs its map scans on all cores once they cover this many pixels in all (a
 # 512 x 832 map with 10 missing joints); below, thread start-up costs more than it saves.
-# A negative value keeps refine on one thread.
-PARALLEL_REFINE_MIN_WORK = 1 << 22
+# A negative value keeps refine on one thread. With fewer than 4 threads it stays off: on
+# a shared 2-core machine the parallel scans were 20-30 % slower than one thread.
+PARALLEL_REFINE_MIN_WORK = (1 << 22) if numba.config.NUMBA_NUM_THREADS >= 4 else -1
 
 _workspaces = threading.local()
 
