@@ -1,9 +1,7 @@
 """Optimizer and LR schedule from the config."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from higherhrnet_jax import config as config_lib
