@@ -98,3 +98,45 @@ def test_heatmaps_loss_counts_masked_pixels_in_denominator():
   np.testing.assert_allclose(losses.heatmaps_loss(pred, target, mask), [0.25])
   with pytest.raises(ValueError, match='differ'):
     losses.heatmaps_loss(pred, jnp.zeros((1, 2, 2, 2)), mask)
+
+
+def _official_style_ae(tags_chw, joints, loss_type):
+  """Per-person Python loop in the official order (NCHW flat index), float64."""
+  flat = tags_chw.reshape(-1)
+  means, pull = [], 0.0
+  for person in joints:
+    vals = [flat[idx] for idx, flag in person if flag > 0]
+    if not vals:
+      continue
+    means.append(np.mean(vals))
+    pull += np.mean((np.asarray(vals) - means[-1]) ** 2)
+  n = len(means)
+  if n == 0:
+    return 0.0, 0.0
+  if n == 1:
+    return 0.0, pull
+  mu = np.asarray(means)
+  diff = mu[None, :] - mu[:, None]
+  if loss_type == 'exp':
+    push = np.exp(-diff**2).sum() - n
+  else:
+    push = np.clip(1 - np.abs(diff), 0, None).sum() - n
+  return push / ((n - 1) * n) * 0.5, pull / n
+
+
+@pytest.mark.parametrize('loss_type', ['exp', 'max'])
+def test_ae_matches_per_person_loop_on_random_people(loss_type):
+  rng = np.random.default_rng(3)
+  b, k, r, m = 3, 5, 8, 6
+  tags = rng.normal(size=(b, r, r, k)).astype(np.float32) * 0.7
+  joints = np.zeros((b, m, k, 2), np.int32)
+  for i in range(b):
+    for p in range(rng.integers(0, m + 1)):  # image 0..2: some with 0 or 1 people
+      slots = rng.permutation(k)[: rng.integers(0, k + 1)]
+      for slot, j in enumerate(sorted(slots)):
+        joints[i, p, slot] = (j * r * r + rng.integers(r) * r + rng.integers(r), 1)
+  push, pull = losses.ae_loss(jnp.asarray(tags), jnp.asarray(joints), loss_type)
+  assert np.count_nonzero(np.asarray(push)) >= 1  # the draw has images with >= 2 people
+  for i in range(b):
+    ref = _official_style_ae(np.transpose(tags[i], (2, 0, 1)).astype(np.float64), joints[i], loss_type)
+    np.testing.assert_allclose([push[i], pull[i]], ref, rtol=1e-5, atol=1e-7)
