@@ -96,9 +96,12 @@ class Checkpointer:
       return
     self._manager.save(step, args=self._args(state, data_state), force=True)
 
+  def should_save(self, step: int) -> bool:
+    return self.every_steps > 0 and step % self.every_steps == 0
+
   def maybe_save(self, step: int, state: Any, data_state: Any) -> bool:
     """Saves when `step` is a multiple of `every_steps`."""
-    if self.every_steps <= 0 or step % self.every_steps:
+    if not self.should_save(step):
       return False
     self.save(step, state, data_state)
     return True

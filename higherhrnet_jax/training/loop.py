@@ -276,11 +276,14 @@ def train(
         speed = progress.update(step)
         log.info(progress.line(step, step / steps_per_epoch, metrics, speed))
         writer.scalars(step, {**metrics, **{k: v for k, v in speed.items() if k != 'eta_s'}})
-      ckpt.maybe_save(step, state, data_iter.get_state())
+      if ckpt.should_save(step):
+        ckpt.save(step, state, data_iter.get_state())
       if evaluate_fn is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
         results = dict(evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats}))
-        log.info('eval at step %d: %s', step, json.dumps({k: round(float(v), 4) for k, v in results.items()}))
-        writer.scalars(step, results, prefix='eval')
+        numbers = {k: float(v) for k, v in results.items()
+                   if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+        log.info('eval at step %d: %s', step, json.dumps({k: round(v, 4) for k, v in numbers.items()}))
+        writer.scalars(step, numbers, prefix='eval')
         ckpt.save_best(step, state, data_iter.get_state(), results)
       if term.is_set() or ckpt.reached_preemption(step):
         log.warning('preemption signal: saving step %d and stopping; rerun to resume', step)
