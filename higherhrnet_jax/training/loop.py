@@ -71,7 +71,7 @@ def make_train_data(config: ml_collections.ConfigDict, local_batch_size: int
   except ImportError as e:
     raise RuntimeError('the data pipeline (higherhrnet_jax.data.pipeline) is not available; '
                        "use --config.data.source=synthetic for a smoke run") from e
-  return _as_iterator(pipeline.make_train_loader(config, config.dataset.train_split),
+  return _as_iterator(pipeline.make_train_loader(config, 'train'),
                       local_batch_size)
 
 

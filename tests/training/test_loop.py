@@ -120,3 +120,22 @@ def test_bfloat16_tiny_model_follows_float32_loss_trajectory(repo, tmp_path):
     runs[dtype] = _run(cfg, tmp_path / dtype, data_fn=lambda c, b: (_OneBatch(c, b), 1024))
   rel = np.abs(runs['bfloat16'] - runs['float32']) / runs['float32']
   assert rel.max() < 0.05, rel
+
+
+def test_trains_and_resumes_on_the_grain_pipeline(repo, tmp_path, coco_sample_dir):
+  """The default data path (`data.pipeline.make_train_loader`) on the COCO sample images."""
+  cfg = config_lib.load_config(repo / 'configs' / 'tiny.py', [
+      'data.input_size=64', 'data.output_size=(16,32)', 'data.source=numpy', 'data.num_workers=0',
+      f'dataset.train_annotations={coco_sample_dir / "test_coco.json"}',
+      f'dataset.train_images={coco_sample_dir}', 'train.num_steps=2',
+      'train.checkpoint_every_steps=1', 'train.log_every_steps=1'])
+  model = tiny_standin.build(cfg.model)
+  first = _run(cfg, tmp_path, model=model)
+  assert len(first) == 2 and np.all(np.isfinite(first))
+  with cfg.unlocked():
+    cfg.train.num_steps = 3
+  ck = ckpt_lib.Checkpointer(tmp_path)
+  assert ck.all_steps() == [1, 2]
+  ck.close()
+  more = _run(cfg, tmp_path, model=model)
+  assert len(more) == 1 and np.isfinite(more[0])  # resumed at step 2, ran step 3
