@@ -5,26 +5,39 @@ For each test-scale set (default: single scale [1] and multi-scale [2, 1, 0.5]) 
 stage (`profile=True`) so time is attributed to it:
 
 * network: normalisation, flip batch and the forward pass (jitted);
-* aggregation: stage fusion, flip averaging, projection, multi-scale aggregation, then
-  NMS and top-k (jitted);
-* grouping: tag matching, adjust, refine (numba, host) and the map to image pixels.
+* aggregation: stage fusion, flip averaging, projection, multi-scale aggregation (jitted),
+  then NMS and top-k (jitted) when the predictor runs them on the device;
+* grouping: tag matching, adjust, refine (numba, host) and the map to image pixels, plus
+  NMS and top-k (numba) when the predictor leaves them to the host (its CPU choice). The
+  JSON's `nms_top_k_in` says which stage held them.
 
 The baseline is the NumPy + munkres 1.1.4 rendering of the official parser from
 `bench/grouping.py` (NMS, top-k, `match_by_tag`, adjust, refine on the host), run on the
-very same aggregated heatmaps and tags. Before timing, the pipeline's grouping, our
-one-call host `parse` and the baseline must give identical poses and scores on every image.
-A warm-up pass compiles every program first (its time is reported separately); then the
-pipeline, the baseline and `parse` are timed interleaved, image by image, `--repeats`
-times, and per-image medians are averaged over images.
+very same aggregated heatmaps and tags. Before timing, the pipeline's grouping and our
+one-call host `parse` must agree on every image, and the baseline must give identical poses
+and scores on the images it runs on (`--baseline-images`, the first N of each set). A
+warm-up pass compiles every program first (its time is reported separately, as the
+warm-up time minus the steady-state time); then the pipeline, `parse` and (for
+`--baseline-repeats` > 1) the baseline are timed interleaved, image by image, `--repeats`
+times. The baseline has nothing to compile, so its check run is its first timed sample.
+Per-image medians are averaged over images; the speedup compares the same images.
 
-Weights default to the official fixtures' deterministic recipe (`bench/_weights.py`):
-random weights whose heatmaps (std about 2.5) put a candidate above the detection
-threshold at nearly every NMS peak, so every joint fills all `max_num_people` slots and
-grouping meets its worst case (30 people); trained weights give far fewer candidates.
+Weights default to the official fixtures' deterministic recipe (`bench/_weights.py`).
+These random weights are a worst case for grouping: almost every NMS peak is above the
+detection threshold, so every joint fills all `max_num_people` top-k slots, random tags
+match almost nothing, and nearly every candidate founds a person of its own (hundreds per
+image). Refine then scans the full base-size maps for every missing joint of every
+person. Trained weights give a handful of people and far less grouping work.
+
+Default run (W32-512): scale [1] on the first two sample images, [2, 1, 0.5] on the
+first image, two timed repeats, the baseline once on the first image of each set. On a
+busy 2-core CPU this takes about 13 minutes: compiling W32 takes about a minute per shape
+bucket and scale set, and the baseline 2-4 minutes per image on these maps, so more images
+are opt-in (`--images 4 --baseline-images 4`).
 
 Usage:
-  python bench/inference.py                         # W32-512, [1] on 4 images, [2,1,0.5] on 1
-  python bench/inference.py --scales 1 --images 2 --repeats 5 --json
+  python bench/inference.py                       # W32-512 defaults above
+  python bench/inference.py --scales 1 --images 4 --baseline-images 4 --json
   python bench/inference.py --config configs/tiny.py --scales 1 --scales 2,1,0.5
 
 With `--json` the last printed line is one JSON object: the first scale set's
@@ -36,6 +49,7 @@ under `runs`. The same object is written to `--out`.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -91,12 +105,20 @@ def _ms(seconds: float) -> float:
   return seconds * 1e3
 
 
-def _maps(flight, b: int = 0):
-  """Aggregated maps and device top-k of image `b` of a dispatched batch (numpy)."""
+def _maps(flight, top_k_fn, b: int = 0):
+  """Aggregated maps and top-k of image `b` of a dispatched batch (numpy).
+
+  The predictor runs NMS + top-k on accelerators itself; on a CPU backend it leaves them
+  to the host `parse`, and `top_k_fn` (the jitted device version) supplies them here, so
+  the device-split path (`parse_top_k`) is checked too.
+  """
   h, w = flight.base_hw[b]
   final = np.asarray(flight.final)[b, :h, :w]
   tags = np.asarray(flight.tags)[b, :h, :w]
-  top_k = tuple(np.asarray(a)[b] for a in flight.top_k)
+  if flight.top_k is not None:
+    top_k = tuple(np.asarray(a)[b] for a in flight.top_k)
+  else:
+    top_k = tuple(np.asarray(a) for a in top_k_fn(final, tags))
   return final, tags, top_k
 
 
@@ -110,13 +132,18 @@ def _timed(fn, *args, **kwargs) -> float:
   return time.perf_counter() - t0
 
 
-def run_scale_set(config_path, scales, variables, images, names, repeats, baseline_images,
-                  baseline_repeats, allow_mismatch):
+def run_scale_set(config_path, overrides, scales, variables, images, names, repeats,
+                  baseline_images, baseline_repeats, allow_mismatch):
   """Warm-up + identical-output check + interleaved timing for one scale set."""
   scale_text = ','.join(f'{s:g}' for s in scales)
-  config = load_config(config_path, [f'test.scale_factor=({scale_text},)', 'test.flip_test=True',
-                                     'test.adjust=True', 'test.refine=True'])
+  config = load_config(config_path, [*overrides, f'test.scale_factor=({scale_text},)',
+                                     'test.flip_test=True', 'test.adjust=True',
+                                     'test.refine=True'])
   predictor = Predictor(config, variables)
+  t = config.test
+  top_k_fn = jax.jit(functools.partial(grouping.nms_top_k, kernel=int(t.nms_kernel),
+                                       padding=int(t.nms_padding),
+                                       k=int(config.data.max_num_people)))
 
   def pipeline(inp):
     before = dict(predictor.timings)
@@ -142,7 +169,8 @@ def run_scale_set(config_path, scales, variables, images, names, repeats, baseli
     t0 = time.perf_counter()
     flight, _, _ = pipeline(inp)
     warmup_s += time.perf_counter() - t0
-    final, tags, (val_k, loc_k, tag_k) = _maps(flight)
+    top_k_stage = 'grouping' if flight.top_k is None else 'aggregation'
+    final, tags, (val_k, loc_k, tag_k) = _maps(flight, top_k_fn)
     maps.append((final, tags))
     piped = grouping.parse_top_k(val_k, loc_k, tag_k, final, tags, config)
     parsed = grouping.parse(final, tags, config)
@@ -184,6 +212,7 @@ def run_scale_set(config_path, scales, variables, images, names, repeats, baseli
       'scales': list(scales),
       'images': len(inputs),
       'repeats': repeats,
+      'nms_top_k_in': top_k_stage,
       'baseline_images': nb,
       'baseline_repeats': baseline_repeats,
       'network_ms': mean_ms['network'],
@@ -229,10 +258,11 @@ def print_table(runs) -> None:
           f'host resize {r["prepare_ms"]:.1f} ms/image; medians of {r["repeats"]} interleaved '
           f'runs (baseline: {r["baseline_repeats"]} on the first {r["baseline_images"]} '
           f'image(s)); identical output: {r["identical_output"]}')
-  print('ms per image. aggreg: flip/stage/scale aggregation + NMS + top-k (jitted). grouping: '
-        'matching + adjust + refine + map to image (numba, host). munkres: NumPy + munkres 1.1.4 '
-        'baseline incl. its own NMS/top-k, on the same maps; x = munkres / grouping (mean row: '
-        'over the baseline images). parse: our one-call host parse incl. numba NMS/top-k (the '
+  where = runs[0]['nms_top_k_in']
+  print(f'ms per image. aggreg: flip/stage/scale aggregation (jitted). grouping: matching + '
+        f'adjust + refine + map to image (numba, host). NMS + top-k ran in: {where}. munkres: '
+        'NumPy + munkres 1.1.4 baseline incl. its own NMS/top-k, on the same maps; x = munkres '
+        '/ grouping (mean row: over the baseline images). parse: our one-call host parse incl. numba NMS/top-k (the '
         'same work as the baseline). post% = (aggreg + grouping) / network. cand: top-k '
         'candidates above the detection threshold.')
 
@@ -248,7 +278,7 @@ def main() -> None:
                   help='comma list of test scales; repeat the flag for several sets '
                        '(default: 1 and 2,1,0.5)')
   ap.add_argument('--images', type=int, default=2,
-                  help='images for single-scale sets (the first two share one shape bucket)')
+                  help='images for single-scale sets')
   ap.add_argument('--ms-images', type=int, default=1, help='images for multi-scale sets')
   ap.add_argument('--repeats', type=int, default=2, help='timed runs per image (after warm-up)')
   ap.add_argument('--baseline-images', type=int, default=1,
@@ -258,6 +288,9 @@ def main() -> None:
   ap.add_argument('--compile-cache', type=pathlib.Path, default=None,
                   help='JAX persistent compilation cache folder (later runs skip compiling; '
                        'the reported compile time then is a cache load)')
+  ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
+                  help='config override, e.g. test.detection_threshold=5 (repeatable; the '
+                       'scales, flip, adjust and refine are set by this script)')
   ap.add_argument('--allow-mismatch', action='store_true',
                   help='time even if the baseline output differs (recorded in the JSON)')
   ap.add_argument('--out', type=pathlib.Path, default=DEFAULT_OUT)
@@ -278,7 +311,7 @@ def main() -> None:
   images = [decode_image(p) for p in paths]
   names = [p.name for p in paths]
 
-  config = load_config(args.config)
+  config = load_config(args.config, args.override)
   t0 = time.perf_counter()
   if args.weights is None:
     variables = _weights.fixture_variables(config.model, args.fixtures)
@@ -291,8 +324,8 @@ def main() -> None:
   runs = []
   for scales in scale_sets:
     n = args.images if len(scales) == 1 else args.ms_images
-    runs.append(run_scale_set(args.config, scales, variables, images[:n], names[:n],
-                              args.repeats, args.baseline_images, args.baseline_repeats,
+    runs.append(run_scale_set(args.config, args.override, scales, variables, images[:n],
+                              names[:n], args.repeats, args.baseline_images, args.baseline_repeats,
                               args.allow_mismatch))
 
   print_table(runs)
@@ -304,7 +337,8 @@ def main() -> None:
                                    'identical_output', 'scales', 'images')}
   report.update(
       config=os.path.relpath(args.config, REPO) if args.config.is_absolute() else str(args.config),
-      weights=weights, weights_load_s=weights_s, flip_test=True, adjust=True, refine=True,
+      overrides=args.override, weights=weights, weights_load_s=weights_s, flip_test=True,
+      adjust=True, refine=True,
       backend=jax.default_backend(), devices=len(jax.local_devices()), cpu_count=os.cpu_count(),
       load_avg_1m=os.getloadavg()[0], jax=jax.__version__, python=platform.python_version(),
       runs=runs)
