@@ -262,9 +262,9 @@ def print_table(runs) -> None:
   print(f'ms per image. aggreg: flip/stage/scale aggregation (jitted). grouping: matching + '
         f'adjust + refine + map to image (numba, host). NMS + top-k ran in: {where}. munkres: '
         'NumPy + munkres 1.1.4 baseline incl. its own NMS/top-k, on the same maps; x = munkres '
-        '/ grouping (mean row: over the baseline images). parse: our one-call host parse incl. numba NMS/top-k (the '
-        'same work as the baseline). post% = (aggreg + grouping) / network. cand: top-k '
-        'candidates above the detection threshold.')
+        '/ grouping (mean row: over the baseline images). parse: our one-call host parse incl. '
+        'numba NMS/top-k (the same work as the baseline). post% = (aggreg + grouping) / '
+        'network. cand: top-k candidates above the detection threshold.')
 
 
 def main() -> None:
