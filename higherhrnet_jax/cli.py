@@ -75,3 +75,90 @@ def eval_main() -> None:
   m = run_eval(config, a.checkpoint, a.output, max_images=a.max_images, batch_size=a.batch_size,
                render=a.render)
   print(json.dumps({k: v for k, v in m.items() if k != 'summary'}))
+
+
+def prepare_synthetic_data(config, workdir: str | pathlib.Path):
+  """Writes the configured synthetic dataset if it is not there yet; returns the config.
+
+  With `dataset.synthetic.num_train > 0` the scenes go to `dataset.root`, or to
+  `<workdir>/data` when the root is empty (the returned config then points there).
+  """
+  syn = config.dataset.synthetic
+  if syn.num_train <= 0:
+    return config
+  root = pathlib.Path(config.dataset.root or pathlib.Path(workdir) / 'data')
+  if config.dataset.root != str(root):
+    config = config_lib.apply_overrides(config.copy_and_resolve_references(),
+                                        [f'dataset.root={root}'])
+  from higherhrnet_jax.data import synthetic
+
+  for split, n in ((config.dataset.train_split, syn.num_train), (config.dataset.test_split, syn.num_val)):
+    ann = root / 'annotations' / f'person_keypoints_{split}.json'
+    if n > 0 and not ann.is_file():
+      _log.info('writing %d synthetic scenes to %s', n, root / 'images' / split)
+      synthetic.write_synthetic_coco(root, n, syn.seed, image_size=syn.image_size, split=split)
+  return config
+
+
+def make_evaluate_fn(config, out_dir: str | pathlib.Path):
+  """`evaluate_fn(variables) -> metrics` for the trainer: the full test loop + evaluator.
+
+  One compiled predictor is reused across evaluations (only the weights change).
+  """
+  from higherhrnet_jax.data import coco as coco_data
+  from higherhrnet_jax.evaluation import runner
+  from higherhrnet_jax.inference.predictor import Predictor
+
+  source = coco_data.source_from_config(config, train=False)  # fail early if it is missing
+  holder: dict = {}
+
+  def evaluate_fn(variables) -> dict:
+    if 'predictor' not in holder:
+      holder['predictor'] = Predictor(config, variables)
+    else:
+      holder['predictor'].set_variables(variables)
+    metrics = runner.evaluate(holder['predictor'], config, source=source, out_dir=out_dir,
+                              max_images=int(config.train.eval_max_images),
+                              render=int(config.train.render_predictions))
+    holder['last'] = metrics
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+  evaluate_fn.last = lambda: holder.get('last')
+  return evaluate_fn
+
+
+def run_train(config, workdir: str | pathlib.Path) -> dict | None:
+  """train.py: data preparation, training (resuming), evaluation and the final report."""
+  import time
+
+  from higherhrnet_jax.training import loop
+
+  t0 = time.perf_counter()
+  workdir = pathlib.Path(workdir)
+  config = prepare_synthetic_data(config, workdir)
+  config_lib.validate(config)
+  evaluate_fn = None
+  if config.train.eval_every_epochs >= 0:
+    try:
+      evaluate_fn = make_evaluate_fn(config, workdir / 'eval')
+    except FileNotFoundError as e:
+      _log.warning('no evaluation during training: %s', e)
+  loop.train(config, workdir, evaluate_fn=evaluate_fn)
+  metrics = evaluate_fn.last() if evaluate_fn is not None else None
+  if metrics is None:
+    return None
+  from higherhrnet_jax.evaluation import runner
+
+  metrics = {k: v for k, v in metrics.items() if k != 'summary'}
+  metrics['wall_s'] = time.perf_counter() - t0
+  if jax_process_index() == 0:
+    (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+    print(runner.format_table(metrics))
+    print(f'metrics: {workdir / "metrics.json"}; pictures: {workdir / "eval"}; '
+          f'TensorBoard: tensorboard --logdir {workdir / "tensorboard"}')
+  return metrics
+
+
+def jax_process_index() -> int:
+  import jax
+  return jax.process_index()

@@ -66,6 +66,10 @@ def base_config() -> ConfigDict:
           test_annotations='',
           test_images='',
           keypoints=keypoints.COCO.to_config(),
+          # Generated scenes (`data/synthetic.py`): with num_train > 0, train.py writes
+          # them (COCO layout) under `root`, or under <workdir>/data if root is '', unless
+          # they are already there.
+          synthetic=ConfigDict(dict(num_train=0, num_val=0, image_size=128, seed=0)),
       )
   )
 
@@ -163,7 +167,7 @@ def base_config() -> ConfigDict:
           log_every_steps=100,
           checkpoint_every_steps=1000,
           keep_checkpoints=3,
-          eval_every_epochs=0,  # 0: only at the end
+          eval_every_epochs=0,  # 0: only at the end; -1: never (train.py)
           eval_max_images=0,  # 0: the whole split
           render_predictions=4,
       )

@@ -6,7 +6,8 @@
    (jitted, see `outputs.py`), then NMS and top-k (jitted on its own: fused with its
    producer, XLA:CPU runs TopK several times slower);
 3. *grouping*: tag matching, adjust and refine on the host (numba), then the map back to
-   image pixels.
+   image pixels. On a CPU backend NMS and top-k run there too (numba beats XLA:CPU's TopK
+   several times); on accelerators they run on the device.
 
 Images are padded to shape buckets (`test.shape_bucket`), so a dataset compiles a handful
 of programs. JAX dispatch is asynchronous: `Predictor.dispatch` returns at once, so a
@@ -51,7 +52,7 @@ class _InFlight:
   inputs: list[transforms.TestInput]
   final: jax.Array
   tags: jax.Array
-  top_k: tuple[jax.Array, jax.Array, jax.Array]
+  top_k: tuple[jax.Array, jax.Array, jax.Array] | None
   base_hw: np.ndarray
   t_dispatch: float
 
@@ -100,13 +101,13 @@ class Predictor:
     devices = list(devices or jax.local_devices())
     self.mesh = Mesh(np.asarray(devices), ('data',))
     self._batch_sharding = NamedSharding(self.mesh, P('data'))
-    replicated = NamedSharding(self.mesh, P())
-    self.variables = jax.device_put(variables, replicated)
+    self.set_variables(variables)
     apply_fn = lambda v, x: self.model.apply(v, x, train=False)
     self._network = jax.jit(functools.partial(network_outputs, apply_fn, self.spec))
     self._aggregate = jax.jit(functools.partial(outputs_lib.aggregate_outputs, self.spec),
                               static_argnames=('input_shapes', 'base_shape'))
     t = config.test
+    self._device_top_k = self.mesh.devices.flat[0].platform != 'cpu'
     self._top_k = jax.jit(functools.partial(
         grouping.nms_top_k, kernel=int(t.nms_kernel), padding=int(t.nms_padding),
         k=int(config.data.max_num_people)))
@@ -114,6 +115,10 @@ class Predictor:
       # Padded maps hold zeros that would then compete with real candidates.
       raise ValueError('test.detection_threshold: must be > 0 for padded batches')
     self.timings = {'network': 0.0, 'aggregation': 0.0, 'grouping': 0.0, 'images': 0}
+
+  def set_variables(self, variables) -> None:
+    """Swaps in new weights of the same model (no recompilation)."""
+    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
 
   @property
   def num_devices(self) -> int:
@@ -150,9 +155,9 @@ class Predictor:
     shapes = tuple(tuple(int(v) for v in a.shape[1:3]) for a in bucket['images'])
     final, tags = self._aggregate(outs, flips, input_hw, input_shapes=shapes, base_hw=base_hw,
                                   base_shape=bucket['base_shape'])
-    top_k = self._top_k(final, tags)
+    top_k = self._top_k(final, tags) if self._device_top_k else None
     if profile:
-      jax.block_until_ready(top_k)
+      jax.block_until_ready((final, tags, top_k))
       self.timings['aggregation'] += time.perf_counter() - t0
     return _InFlight(inputs, final, tags, top_k, bucket['base_hw'][:n], time.perf_counter())
 
@@ -164,14 +169,19 @@ class Predictor:
     n = len(flight.inputs)
     final = np.asarray(flight.final)[:n]
     tags = np.asarray(flight.tags)[:n]
-    val_k, loc_k, tag_k = (np.asarray(a)[:n] for a in flight.top_k)
+    if flight.top_k is not None:
+      val_k, loc_k, tag_k = (np.asarray(a)[:n] for a in flight.top_k)
     t0 = time.perf_counter()
     results = []
     for b, inp in enumerate(flight.inputs):
       h, w = flight.base_hw[b]
-      poses, scores = grouping.parse_top_k(val_k[b], loc_k[b], tag_k[b], final[b, :h, :w],
-                                           tags[b, :h, :w], self.config, adjust=adjust,
-                                           refine=refine)
+      if flight.top_k is None:
+        poses, scores = grouping.parse(final[b, :h, :w], tags[b, :h, :w], self.config,
+                                       adjust=adjust, refine=refine)
+      else:
+        poses, scores = grouping.parse_top_k(val_k[b], loc_k[b], tag_k[b], final[b, :h, :w],
+                                             tags[b, :h, :w], self.config, adjust=adjust,
+                                             refine=refine)
       poses = transforms.get_final_preds(poses, inp.center, inp.scale, inp.base_size)
       results.append(Prediction(poses, scores))
     self.timings['grouping'] += time.perf_counter() - t0
