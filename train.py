@@ -1,4 +1,6 @@
-"""Trains HigherHRNet; re-running the same command resumes from the newest checkpoint.
+"""Trains HigherHRNet, then evaluates it; re-running the same command resumes.
+
+  python train.py --config=configs/quickstart.py --workdir=runs/quickstart
 
   python train.py --config=configs/coco/higherhrnet_w32_512.py --workdir=runs/w32_512 \
       [--config.train.batch_size=48 ...]
@@ -9,9 +11,10 @@ Smoke run on generated data:
       --config.data.source=synthetic --config.train.num_steps=50 --config.train.log_every_steps=5
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
+from higherhrnet_jax import cli
 from higherhrnet_jax import config as config_lib
 from higherhrnet_jax.training import loop
 
@@ -24,9 +27,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # checkpointing libraries log every save at INFO
   loop.maybe_initialize_distributed()  # before any JAX computation
   config = config_lib.validate(_CONFIG.value)
-  loop.train(config, _WORKDIR.value)
+  cli.run_train(config, _WORKDIR.value)
 
 
 if __name__ == '__main__':

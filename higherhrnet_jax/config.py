@@ -125,7 +125,7 @@ def base_config() -> ConfigDict:
           num_workers=4,
           prefetch_buffer_size=2,
           shuffle=True,
-          # 'auto' | 'numpy' | 'tfds': where samples are read from.
+          # 'auto' | 'numpy' | 'tfds' | 'synthetic' (generated batches, smoke runs only).
           source='auto',
           tfds_data_dir='',
       )

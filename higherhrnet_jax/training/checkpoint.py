@@ -165,3 +165,38 @@ class Checkpointer:
     self.wait()
     self._manager.close()
     self._best.close()
+
+
+def restore_variables(workdir: str | pathlib.Path, config: Any = None) -> dict:
+  """Model variables (`params`, `batch_stats`) of a run, for evaluation and export.
+
+  Takes the best-by-AP checkpoint if the run has one, else the newest readable one. No
+  optimizer or model code is needed: the saved tree is read as plain arrays.
+
+  Args:
+    workdir: the training run directory (or its `checkpoints` / `best` folder).
+    config: unused; accepted so all checkpoint readers share one signature.
+
+  Returns:
+    `{'params': ..., 'batch_stats': ...}` as numpy arrays.
+  """
+  del config
+  workdir = pathlib.Path(workdir).absolute()
+  if workdir.name in ('checkpoints', 'best'):
+    workdir = workdir.parent
+  for folder in ('best', 'checkpoints'):
+    path = workdir / folder
+    if not path.is_dir():
+      continue
+    with ocp.CheckpointManager(path, item_names=(STATE, DATA)) as manager:
+      for step in sorted(manager.all_steps(), reverse=True):
+        try:
+          restored = manager.restore(step, args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardRestore()}))[STATE]
+        except Exception as e:  # orbax raises many types for damaged files
+          log.warning('checkpoint %s/%d is unreadable (%s); trying the previous one', path, step, e)
+          continue
+        log.info('restored variables from %s/%d', path, step)
+        return {'params': jax.device_get(restored['params']),
+                'batch_stats': jax.device_get(restored['batch_stats'])}
+  raise FileNotFoundError(f'no readable checkpoint under {workdir} (looked in best/ and checkpoints/)')

@@ -293,4 +293,6 @@ def train(
     term.restore()
     ckpt.close()
     writer.close()
+    if hasattr(data_iter, 'close'):
+      data_iter.close()  # stops loader worker processes
   return state
