@@ -40,6 +40,12 @@ Choices, and why:
   * Optimiser: Adam, LR 3e-3 after a 50-step warm-up, divided by 10 for the last 20% of
     the steps to settle the peaks; 1000 steps. Batch = the four images, so one step is
     one epoch.
+
+Measured on a shared 2-core CPU (load 3-6): 1000 steps, AP 0.715 (AP50 0.993, AP75 0.911)
+in 828 s; 1300 steps, AP 0.700 in 1097 s. Joint positions of the top detections are
+within 1-6 image pixels of the truth; what still costs AP is grouping: a few joints of a
+person (e.g. both hips of 000000000785) join another group and refine fills them from a
+spurious peak. The AP >= 0.9 target is not reached yet.
 """
 
 from __future__ import annotations
