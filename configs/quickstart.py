@@ -8,7 +8,8 @@ split with the full test loop (flip test, adjust, refine, pycocotools) and write
 metrics.json, TensorBoard logs and pictures to the workdir. The same command line runs
 a real COCO job with a COCO config (`configs/coco/...`).
 
-Global batch 16 (all devices together); Adam with a one-epoch warm-up.
+Global batch 16 (all devices together); Adam 2e-3 with a half-epoch warm-up, x0.1 after
+epoch 13.
 """
 
 from higherhrnet_jax import config as cfg
@@ -35,9 +36,15 @@ def get_config():
   c.data.max_rotation = 15.0
 
   c.train.batch_size = c.train.reference_batch_size = 16
-  c.train.num_steps = 1500
+  # Associative embedding weighs 20x more than in the COCO recipe, so that tags separate
+  # within minutes (with 0.001 AP stays near 0.15 at this budget: joints are found but
+  # not grouped).
+  c.loss.push_loss_factor = (0.02, 0.02)
+  c.loss.pull_loss_factor = (0.02, 0.02)
+
+  c.train.num_steps = 2000  # 16 epochs of 125 steps
   c.train.lr = 2e-3
-  c.train.lr_step = (1000, 1000)  # in epochs: no decay within the run
+  c.train.lr_step = (13, 1000)  # epochs: x0.1 for the last fifth
   c.train.warmup_epochs = 0.5
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 500
