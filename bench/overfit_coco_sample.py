@@ -87,7 +87,7 @@ def model_config(c, width: int = 16) -> None:
 def make_configs(data_dir: pathlib.Path, *, train_size: int = 384, test_size: int = 256,
                  steps: int = 1000, lr: float = 3e-3, width: int = 16, min_scale: float = 0.9,
                  seed: int = 0,
-                 workers: int = 0):
+                 workers: int = 0, ae_factor: float = 0.02):
   """(train config, eval config) for the overfit run; they differ only in the input size."""
   from higherhrnet_jax import config as cfg
 
@@ -108,6 +108,8 @@ def make_configs(data_dir: pathlib.Path, *, train_size: int = 384, test_size: in
   a.max_translate = 0
   a.flip = 0.5
   a.num_workers = workers
+  # Tags must separate the people of one image: the AE terms weigh 20x the COCO recipe's.
+  c.loss.push_loss_factor = c.loss.pull_loss_factor = (ae_factor, ae_factor)
   t = c.train
   t.batch_size = t.reference_batch_size = 4
   t.num_steps = steps
@@ -168,11 +170,13 @@ def main(argv: list[str] | None = None) -> dict:
                  help='training views scale the long side to [min_scale, 1] of the input')
   p.add_argument('--workers', type=int, default=0, help='grain worker processes')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--ae_factor', type=float, default=0.02, help='push and pull loss factor')
   p.add_argument('--json', action='store_true', help='print the metrics as JSON last')
   a = p.parse_args(argv)
   logging.getLogger().setLevel(logging.WARNING)
   kwargs = dict(train_size=a.train_size, test_size=a.test_size, steps=a.steps, lr=a.lr,
-                width=a.width, min_scale=a.min_scale, seed=a.seed, workers=a.workers)
+                width=a.width, min_scale=a.min_scale, seed=a.seed, workers=a.workers,
+                ae_factor=a.ae_factor)
   if a.workdir is None:
     with tempfile.TemporaryDirectory(prefix='overfit_coco_') as tmp:
       metrics = run(a.data_dir, pathlib.Path(tmp), **kwargs)

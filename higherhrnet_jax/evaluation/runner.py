@@ -22,6 +22,9 @@ from higherhrnet_jax.inference.predictor import Predictor
 
 _log = logging.getLogger(__name__)
 
+# Pictures show people above this score (every detection still goes to the evaluator).
+DRAW_SCORE_THRESHOLD = 0.2
+
 
 def _images(source: coco_data.KeypointSource, count: int, skipped: list[str]):
   for index in range(count):
@@ -105,7 +108,8 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
     for image_id, image in drawn.items():
       if image_id in by_id:
         p, s = by_id[image_id]
-        visualize.save_rgb(out / f'pred_{image_id}.png', visualize.draw_poses(image, p, spec, scores=s))
+        visualize.save_rgb(out / f'pred_{image_id}.png', visualize.draw_poses(
+            image, p, spec, scores=s, score_threshold=DRAW_SCORE_THRESHOLD))
   return metrics
 
 
