@@ -305,6 +305,33 @@ def crop_results(final_heatmaps, tags, base_hw) -> list[tuple[np.ndarray, np.nda
 # ----------------------------------------------------------------------------- network + aggregation
 
 
+def network_outputs(apply_fn: Callable[..., Any], spec: OutputSpec, variables, images, input_hw):
+  """Runs the network on every scale (and, with flip test, on its mirror image).
+
+  Args:
+    apply_fn: `apply_fn(variables, x [B, H, W, 3] float32) -> list of stage outputs`.
+    spec: output spec (flip test on/off).
+    variables: model variables.
+    images: per scale, uint8 RGB [B, H_s, W_s, 3] padded at the bottom/right.
+    input_hw: per scale, [B, 2] int32 valid sizes (the mirror is taken of the valid part).
+
+  Returns:
+    `(outputs, flip_outputs)`: per scale, per stage arrays; `flip_outputs` is None without
+    flip test.
+  """
+  outs, flips = [], []
+  for img, hw in zip(images, input_hw):
+    x = normalize(img)
+    b = x.shape[0]
+    if spec.flip_test:
+      both = apply_fn(variables, jnp.concatenate([x, flip_width(x, hw[:, 1])], axis=0))
+      outs.append([o[:b] for o in both])
+      flips.append([o[b:] for o in both])
+    else:
+      outs.append(list(apply_fn(variables, x)))
+  return outs, (flips if spec.flip_test else None)
+
+
 def make_inference_fn(apply_fn: Callable[..., Any], spec: OutputSpec) -> Callable[..., Any]:
   """Builds `fn(variables, images, input_hw, base_hw, base_shape)`: network + aggregation.
 
@@ -320,19 +347,9 @@ def make_inference_fn(apply_fn: Callable[..., Any], spec: OutputSpec) -> Callabl
   """
 
   def fn(variables, images, input_hw, base_hw, base_shape):
-    outs, flips, shapes = [], [], []
-    for img, hw in zip(images, input_hw):
-      x = normalize(img)
-      b = x.shape[0]
-      if spec.flip_test:
-        both = apply_fn(variables, jnp.concatenate([x, flip_width(x, hw[:, 1])], axis=0))
-        outs.append([o[:b] for o in both])
-        flips.append([o[b:] for o in both])
-      else:
-        outs.append(list(apply_fn(variables, x)))
-      shapes.append(img.shape[1:3])
-    return aggregate_outputs(spec, outs, flips if spec.flip_test else None, input_hw, shapes,
-                             base_hw, base_shape)
+    outs, flips = network_outputs(apply_fn, spec, variables, images, input_hw)
+    shapes = [img.shape[1:3] for img in images]
+    return aggregate_outputs(spec, outs, flips, input_hw, shapes, base_hw, base_shape)
 
   return fn
 

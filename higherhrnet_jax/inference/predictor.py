@@ -24,7 +24,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -57,33 +56,6 @@ class _InFlight:
   t_dispatch: float
 
 
-def network_outputs(apply_fn, spec: outputs_lib.OutputSpec, variables, images, input_hw):
-  """Runs the network on every scale (and its mirror image with flip test).
-
-  Args:
-    apply_fn: `apply_fn(variables, x [B, H, W, 3] float32) -> list of stage outputs`.
-    spec: output spec (flip test on/off).
-    variables: model variables.
-    images: per scale, uint8 RGB [B, H_s, W_s, 3] padded at the bottom/right.
-    input_hw: per scale, [B, 2] int32 valid sizes (the mirror is taken of the valid part).
-
-  Returns:
-    `(outputs, flip_outputs)`: per scale, per stage arrays; `flip_outputs` is None without
-    flip test.
-  """
-  outs, flips = [], []
-  for img, hw in zip(images, input_hw):
-    x = outputs_lib.normalize(img)
-    b = x.shape[0]
-    if spec.flip_test:
-      both = apply_fn(variables, jnp.concatenate([x, outputs_lib.flip_width(x, hw[:, 1])], axis=0))
-      outs.append([o[:b] for o in both])
-      flips.append([o[b:] for o in both])
-    else:
-      outs.append(list(apply_fn(variables, x)))
-  return outs, (flips if spec.flip_test else None)
-
-
 class Predictor:
   """Compiled inference for one model and config.
 
@@ -103,7 +75,7 @@ class Predictor:
     self._batch_sharding = NamedSharding(self.mesh, P('data'))
     self.set_variables(variables)
     apply_fn = lambda v, x: self.model.apply(v, x, train=False)
-    self._network = jax.jit(functools.partial(network_outputs, apply_fn, self.spec))
+    self._network = jax.jit(functools.partial(outputs_lib.network_outputs, apply_fn, self.spec))
     self._aggregate = jax.jit(functools.partial(outputs_lib.aggregate_outputs, self.spec),
                               static_argnames=('input_shapes', 'base_shape'))
     t = config.test
