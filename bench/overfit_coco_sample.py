@@ -72,16 +72,10 @@ def model_config(c, width: int = 16) -> None:
   """
   from higherhrnet_jax import config as cfg
 
-  w = width
-  stage = cfg._stage  # pylint: disable=protected-access
   c.model.stem_channels = 32
   c.model.stage1.num_blocks = (1,)
-  c.model.stage1.num_channels = (w,)
-  c.model.stage2 = stage(1, (1, 1), (w, 2 * w))
-  c.model.stage3 = stage(1, (1, 1, 1), (w, 2 * w, 4 * w))
-  c.model.stage4 = stage(1, (1, 1, 1, 1), (w, 2 * w, 4 * w, 8 * w))
-  c.model.deconv.num_channels = (w,)
-  c.model.deconv.num_basic_blocks = 1
+  c.model.stage1.num_channels = (width,)
+  cfg.with_slim_stages(c, width)
 
 
 def make_configs(data_dir: pathlib.Path, *, train_size: int = 384, test_size: int = 256,

@@ -21,11 +21,7 @@ def get_config():
   c.model.stem_channels = 32
   c.model.stage1.num_blocks = (1,)
   c.model.stage1.num_channels = (16,)
-  c.model.stage2 = cfg._stage(1, (1, 1), (16, 32))
-  c.model.stage3 = cfg._stage(1, (1, 1, 1), (16, 32, 64))
-  c.model.stage4 = cfg._stage(1, (1, 1, 1, 1), (16, 32, 64, 128))
-  c.model.deconv.num_channels = (16,)
-  c.model.deconv.num_basic_blocks = 1
+  cfg.with_slim_stages(c, 16)
   cfg.with_input_size(c, 128)
 
   c.dataset.root = ''  # -> <workdir>/data

@@ -11,11 +11,7 @@ from higherhrnet_jax import config as cfg
 
 def get_config():
   c = cfg.base_config()
-  c.model.stage2 = cfg._stage(1, (1, 1), (8, 16))
-  c.model.stage3 = cfg._stage(1, (1, 1, 1), (8, 16, 32))
-  c.model.stage4 = cfg._stage(1, (1, 1, 1, 1), (8, 16, 32, 64))
-  c.model.deconv.num_channels = (8,)
-  c.model.deconv.num_basic_blocks = 1
+  cfg.with_slim_stages(c, 8)
   cfg.with_input_size(c, 128)
   c.train.batch_size = c.train.reference_batch_size = 2
   return c

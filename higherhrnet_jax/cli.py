@@ -45,7 +45,8 @@ def run_eval(config, checkpoint: str, output: str, *, max_images: int = 0, batch
   return metrics
 
 
-def _config_and_overrides(argv: list[str]) -> tuple[str, list[str], list[str]]:
+def split_config_args(argv: list[str]) -> tuple[str, list[str], list[str]]:
+  """`--config=F` and `--config.a.b=v` flags -> (path, ['a.b=v', ...], other arguments)."""
   path, overrides, rest = None, [], []
   for a in argv:
     if a.startswith('--config='):
@@ -63,7 +64,7 @@ def eval_main() -> None:
   """Console script `higherhrnet-eval` (same flags as eval.py)."""
   import argparse
 
-  path, overrides, rest = _config_and_overrides(sys.argv[1:])
+  path, overrides, rest = split_config_args(sys.argv[1:])
   p = argparse.ArgumentParser(prog='higherhrnet-eval')
   p.add_argument('--checkpoint', required=True)
   p.add_argument('--output', default='runs/eval')
@@ -151,14 +152,11 @@ def run_train(config, workdir: str | pathlib.Path) -> dict | None:
 
   metrics = {k: v for k, v in metrics.items() if k != 'summary'}
   metrics['wall_s'] = time.perf_counter() - t0
-  if jax_process_index() == 0:
+  import jax
+
+  if jax.process_index() == 0:
     (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
     print(runner.format_table(metrics))
     print(f'metrics: {workdir / "metrics.json"}; pictures: {workdir / "eval"}; '
           f'TensorBoard: tensorboard --logdir {workdir / "tensorboard"}')
   return metrics
-
-
-def jax_process_index() -> int:
-  import jax
-  return jax.process_index()

@@ -19,7 +19,7 @@ from higherhrnet_jax import keypoints
 ConfigDict = ml_collections.ConfigDict
 
 
-def _stage(num_modules: int, num_blocks: Sequence[int], num_channels: Sequence[int]) -> ConfigDict:
+def stage(num_modules: int, num_blocks: Sequence[int], num_channels: Sequence[int]) -> ConfigDict:
   return ConfigDict(
       dict(
           num_modules=num_modules,
@@ -36,9 +36,9 @@ def hrnet_stages(width: int) -> dict[str, ConfigDict]:
   """The HRNet-W{width} stage layout of the paper (stage 2: 1 module, 3: 4, 4: 3)."""
   w = width
   return dict(
-      stage2=_stage(1, (4, 4), (w, 2 * w)),
-      stage3=_stage(4, (4, 4, 4), (w, 2 * w, 4 * w)),
-      stage4=_stage(3, (4, 4, 4, 4), (w, 2 * w, 4 * w, 8 * w)),
+      stage2=stage(1, (4, 4), (w, 2 * w)),
+      stage3=stage(4, (4, 4, 4), (w, 2 * w, 4 * w)),
+      stage4=stage(3, (4, 4, 4, 4), (w, 2 * w, 4 * w, 8 * w)),
   )
 
 
@@ -205,6 +205,19 @@ def with_width(c: ConfigDict, width: int) -> ConfigDict:
   for name, stage in hrnet_stages(width).items():
     c.model[name] = stage
   c.model.deconv.num_channels = (width,)
+  return c
+
+
+def with_slim_stages(c: ConfigDict, width: int) -> ConfigDict:
+  """One module and one block per branch, branch widths (w, 2w, 4w, 8w), one deconv block.
+
+  The layout of the fixtures' tiny model (w = 8) and of the quickstart (w = 16).
+  """
+  c.model.stage2 = stage(1, (1, 1), (width, 2 * width))
+  c.model.stage3 = stage(1, (1, 1, 1), (width, 2 * width, 4 * width))
+  c.model.stage4 = stage(1, (1, 1, 1, 1), (width, 2 * width, 4 * width, 8 * width))
+  c.model.deconv.num_channels = (width,)
+  c.model.deconv.num_basic_blocks = 1
   return c
 
 

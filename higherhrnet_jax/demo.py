@@ -84,7 +84,7 @@ def run_video(predictor: Predictor, path: pathlib.Path, out: pathlib.Path,
 
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
-  path, overrides, rest = cli._config_and_overrides(argv)
+  path, overrides, rest = cli.split_config_args(argv)
   p = argparse.ArgumentParser(prog='python -m higherhrnet_jax.demo')
   p.add_argument('--checkpoint', required=True, help='official .pth/.npz or training workdir')
   p.add_argument('--input', required=True, help='image, folder of images, or video')

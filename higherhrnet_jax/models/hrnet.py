@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from higherhrnet_jax.models.layers import BasicBlock, BatchNorm, Bottleneck, Dtype, conv, upsample_nearest
+from higherhrnet_jax.models.layers import (BasicBlock, BatchNorm, Bottleneck, Dtype, bn_options, conv,
+                                           upsample_nearest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +54,7 @@ class FuseLayer(nn.Module):
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array], train: bool) -> jax.Array:
     i = self.index
-    bn = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-              axis_name=self.axis_name)
+    bn = bn_options(self)
     y = None
     for j, x in enumerate(xs):
       if j > i:
@@ -126,8 +126,7 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array], train: bool) -> list[jax.Array]:
-    bn = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-              axis_name=self.axis_name)
+    bn = bn_options(self)
     n_pre = len(self.in_channels)
     ys = []
     for i, c_out in enumerate(self.out_channels):
@@ -176,8 +175,7 @@ class HRNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     common = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                   axis_name=self.axis_name)
-    bn = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-              axis_name=self.axis_name)
+    bn = bn_options(self)
     x = conv(self.stem_channels, 3, 2, dtype=self.dtype, name='conv1')(x)
     x = nn.relu(BatchNorm(**bn, name='bn1')(x, train))
     x = conv(self.stem_channels, 3, 2, dtype=self.dtype, name='conv2')(x)

@@ -25,6 +25,12 @@ Dtype = Any
 conv_init = nn.initializers.normal(stddev=0.001)
 
 
+def bn_options(module: nn.Module) -> dict:
+  """BatchNorm settings a module passes on (its bn_momentum, bn_epsilon, dtype, axis_name)."""
+  return dict(momentum=module.bn_momentum, epsilon=module.bn_epsilon, dtype=module.dtype,
+              axis_name=module.axis_name)
+
+
 def conv(
     features: int,
     kernel: int,
@@ -177,8 +183,7 @@ class BasicBlock(nn.Module):
     if x.shape[-1] != self.features:
       raise ValueError(f'{self.name}: BasicBlock input has {x.shape[-1]} channels, expected '
                        f'{self.features} (projection shortcuts are not part of HigherHRNet)')
-    bn = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-              axis_name=self.axis_name)
+    bn = bn_options(self)
     y = conv(self.features, 3, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(BatchNorm(**bn, name='bn1')(y, train))
     y = conv(self.features, 3, dtype=self.dtype, name='conv2')(y)
@@ -201,8 +206,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-              axis_name=self.axis_name)
+    bn = bn_options(self)
     out_channels = 4 * self.planes
     y = conv(self.planes, 1, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(BatchNorm(**bn, name='bn1')(y, train))
