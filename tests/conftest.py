@@ -4,18 +4,8 @@ import os
 import pathlib
 
 
-def _numba_cache_dir() -> str:
-  # numba's on-disk cache does not notice when a cached function's *callee* changes, so
-  # the cache is keyed by the package sources: an edit gives a fresh cache.
-  import hashlib
-  package = pathlib.Path(__file__).parent.parent / 'higherhrnet_jax'
-  digest = hashlib.sha1()
-  for path in sorted(package.rglob('*.py')):
-    digest.update(path.read_bytes())
-  return str(package.parent / '.numba_cache' / digest.hexdigest()[:12])
-
-
-os.environ.setdefault('NUMBA_CACHE_DIR', _numba_cache_dir())
+# Compiled grouping/target code caches here (keyed by source hash in higherhrnet_jax._numba).
+os.environ.setdefault('NUMBA_CACHE_DIR', str(pathlib.Path(__file__).parent.parent / '.numba_cache'))
 
 import pytest
 from absl import flags

@@ -20,8 +20,9 @@ from __future__ import annotations
 import functools
 import logging
 
-import numba
 import numpy as np
+
+from higherhrnet_jax._numba import njit
 
 _log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _kernel_f32(sigma: float) -> np.ndarray:
   return np.ascontiguousarray(gaussian_kernel(float(sigma)).astype(np.float32))
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _draw(hms, kernels, kidx, ks, jk, jx, jy, ulx, uly, brx, bry):  # pragma: no cover - numba
   res = hms.shape[0]
   for n in range(jk.shape[0]):

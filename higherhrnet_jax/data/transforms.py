@@ -24,9 +24,9 @@ import functools
 from typing import Any
 
 import cv2
-import numba
 import numpy as np
 
+from higherhrnet_jax._numba import njit
 from higherhrnet_jax import keypoints
 from higherhrnet_jax.data import targets
 
@@ -222,7 +222,7 @@ def normalization_lut() -> np.ndarray:
 _LUT = normalization_lut()
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _lut_flip(image, lut, flip):  # pragma: no cover - numba
   h, w, c = image.shape
   out = np.empty((h, w, c), np.float32)

@@ -9,6 +9,7 @@ and scores, float32 refine. `grouping.py` validates inputs and holds the public 
 import numba
 import numpy as np
 
+from higherhrnet_jax._numba import njit
 from higherhrnet_jax.inference import munkres
 
 # Status of `group` / `parse_host` (anything else is a munkres status).
@@ -21,7 +22,7 @@ _PAD_COST = 1e10
 # ------------------------------------------------------------------- NumPy-order float sums
 
 
-@numba.njit(cache=True)
+@njit
 def _block_sum(a, lo, n):
   """One leaf of NumPy's pairwise summation (n <= 128): eight interleaved partial sums."""
   if n < 8:
@@ -56,7 +57,7 @@ def _block_sum(a, lo, n):
   return res
 
 
-@numba.njit(cache=True)
+@njit
 def pairwise_sum(a, lo, n):
   """NumPy's pairwise summation of a[lo:lo+n] in the array's dtype (umath `pairwise_sum`).
 
@@ -96,7 +97,7 @@ def pairwise_sum(a, lo, n):
   return vals[0]
 
 
-@numba.njit(cache=True)
+@njit
 def mean_rows_f32(rows, n, out):
   """`np.mean(list_of_n_float32_vectors, axis=0)` into out [T].
 
@@ -117,7 +118,7 @@ def mean_rows_f32(rows, n, out):
     out[t] = np.float32(s / np.float32(n))
 
 
-@numba.njit(cache=True)
+@njit
 def _sum_squares(diff):
   """Sum over the last (contiguous) axis as NumPy does: sequential below 8 terms."""
   if diff.shape[0] < 8:
@@ -132,7 +133,7 @@ def _sum_squares(diff):
 # ---------------------------------------------------------------------------- tag matching
 
 
-@numba.njit(cache=True)
+@njit
 def _set_group(poses, keys, tag_store, tag_count, ng, key, idx, val, x, y, tag):
   """`joint_dict.setdefault(key, zeros)[idx] = joint; tag_dict[key] = [tag]`; returns ng."""
   g = ng
@@ -153,7 +154,7 @@ def _set_group(poses, keys, tag_store, tag_count, ng, key, idx, val, x, y, tag):
   return ng
 
 
-@numba.njit(cache=True)
+@njit
 def _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold, tag_threshold,
                   use_detection_val, ignore_too_much, max_num_people):
   """Official `match_by_tag` on one image; returns (poses [P, K, 3+T] float32, status)."""
@@ -224,13 +225,13 @@ def _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold, tag_thr
 # --------------------------------------------------------------------- adjust, score, refine
 
 
-@numba.njit(cache=True)
+@njit
 def _shift(tmp_lo, tmp_hi):
   """Quarter-pixel shift towards the larger neighbour (a tie moves down)."""
   return np.float32(0.25) if tmp_hi > tmp_lo else np.float32(-0.25)
 
 
-@numba.njit(cache=True)
+@njit
 def _adjust(poses, det):
   """Official `adjust`: pixel centre plus a quarter pixel towards the higher neighbour."""
   h, w, _ = det.shape
@@ -245,7 +246,7 @@ def _adjust(poses, det):
         poses[p, j, 1] = np.float32(poses[p, j, 1] + dy) + np.float32(0.5)
 
 
-@numba.njit(cache=True)
+@njit
 def person_scores(poses):
   """`person[:, 2].mean()` per person: float32 pairwise sum over all K joints / K."""
   nj = poses.shape[1]
@@ -258,7 +259,7 @@ def person_scores(poses):
   return out
 
 
-@numba.njit(cache=True)
+@njit
 def _tag_rounded_distance(tslab, prev, acc):
   """acc[i] = round(sqrt(sum_t (tslab[t, i] - prev[t])**2)) in float32, NumPy's order."""
   nt, n = tslab.shape
@@ -279,7 +280,7 @@ def _tag_rounded_distance(tslab, prev, acc):
     acc[i] = np.float32(np.rint(np.float32(np.sqrt(acc[i]))))
 
 
-@numba.njit(cache=True)
+@njit
 def blocked_transpose_into(a, out):
   """out [C, N] <- a [N, C].T, 16 rows at a time so reads and writes stay in cache.
 
@@ -298,7 +299,7 @@ def blocked_transpose_into(a, out):
       out[k, i] = a[i, k]
 
 
-@numba.njit(cache=True)
+@njit
 def blocked_transpose(a):
   """[N, C] -> new contiguous [C, N]."""
   out = np.empty((a.shape[1], a.shape[0]), a.dtype)
@@ -306,7 +307,7 @@ def blocked_transpose(a):
   return out
 
 
-@numba.njit(cache=True)
+@njit
 def _gather_joint(tags2, j, tslab):
   """tslab [T, N] <- tags2[:, j, :] (a separate function: inlined into `_refine` this loop
   compiles to code about ten times slower)."""
@@ -315,7 +316,7 @@ def _gather_joint(tags2, j, tslab):
       tslab[t, i] = tags2[i, j, t]
 
 
-@numba.njit(cache=True)
+@njit
 def _first_argmax(a):
   """`np.argmax` of a finite 1-d array: the maximum from eight independent lanes (a loop the
   compiler can vectorise), then the first index holding it."""
@@ -336,7 +337,7 @@ def _first_argmax(a):
   return 0
 
 
-@numba.njit(cache=True)
+@njit
 def _best_pixel(dslab, tslab, prev, acc):
   """First argmax of det - round(|tag - prev|) over one joint's map (float32).
 
@@ -359,7 +360,7 @@ def _best_pixel(dslab, tslab, prev, acc):
   return _first_argmax(acc)
 
 
-@numba.njit(cache=True)
+@njit
 def _refine(poses, det, tags, dslabs, tbuf, parallel_min_work):
   """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
 
@@ -457,7 +458,7 @@ def _refine(poses, det, tags, dslabs, tbuf, parallel_min_work):
         poses[p, j, 2] = val
 
 
-@numba.njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _scan_parallel(dslabs, tslabs, prevs, scan_p, scan_j, found):
   """`_best_pixel` for every (person, joint) scan, spread over the cores."""
   n = dslabs.shape[1]
@@ -466,7 +467,7 @@ def _scan_parallel(dslabs, tslabs, prevs, scan_p, scan_j, found):
     found[s] = _best_pixel(dslabs[scan_j[s]], tslabs[scan_j[s]], prevs[scan_p[s]], acc)
 
 
-@numba.njit(cache=True)
+@njit
 def _shifted_max(src, dst, n_out, stride, lo, kernel):
   """dst[i] = max(src[i + (o - lo) * stride] for the in-range window offsets o) along one
   axis of a row-major map: `kernel` shifted maxima over slices (non-negative loop indices
@@ -486,7 +487,7 @@ def _shifted_max(src, dst, n_out, stride, lo, kernel):
       dv[i] = v if v > u else u
 
 
-@numba.njit(cache=True)
+@njit
 def _row_max(d, rows, h, w, lo, kernel):
   """Max over the row window x - lo .. x - lo + kernel - 1, clipped at the row ends (the
   -inf padding): shifted maxima over the flat map, then the columns whose window leaves
@@ -501,7 +502,7 @@ def _row_max(d, rows, h, w, lo, kernel):
       _row_window_max(d, rows, y * w, x, w, lo, kernel)
 
 
-@numba.njit(cache=True)
+@njit
 def _row_window_max(d, rows, base, x, w, lo, kernel):
   a = max(x - lo, 0)
   b = min(x - lo + kernel, w)
@@ -512,7 +513,7 @@ def _row_window_max(d, rows, base, x, w, lo, kernel):
   rows[base + x] = m
 
 
-@numba.njit(cache=True)
+@njit
 def nms_top_k_host(dslabs, h, w, kernel, padding, k):
   """Host twin of `nms` + `top_k_indices` on joint-major maps dslabs [K, H * W].
 
@@ -544,7 +545,7 @@ def nms_top_k_host(dslabs, h, w, kernel, padding, k):
   return val_k, ind_k
 
 
-@numba.njit(cache=True)
+@njit
 def _insert(vals, inds, pos, v, i):
   """Puts (v, i) into the descending list vals[:pos + 1] (dropping vals[pos]), after any
   equal values."""
@@ -556,7 +557,7 @@ def _insert(vals, inds, pos, v, i):
   inds[pos] = i
 
 
-@numba.njit(cache=True)
+@njit
 def _gather_top_k(ind, tags):
   """loc_k [K, M, 2] (x, y) and tag_k [K, M, T] at flat indices ind [K, M] of [H, W, K, T]."""
   h, w, nj, nt = tags.shape
@@ -573,7 +574,7 @@ def _gather_top_k(ind, tags):
   return loc_k, tag_k
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_threshold,
           tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine,
           parallel_min_work):
@@ -595,7 +596,7 @@ def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_t
   return poses, scores, OK
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def parse_host(det, tags, dbuf, tbuf, joint_order, detection_threshold, tag_threshold,
                use_detection_val, ignore_too_much, max_num_people, kernel, padding, adjust,
                refine, parallel_min_work):

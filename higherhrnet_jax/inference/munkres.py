@@ -24,8 +24,9 @@ Everything is compiled with numba; inputs and outputs are plain arrays.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from higherhrnet_jax._numba import njit
 
 # munkres 1.1.4 seeds its minimum search with the Python int sys.maxsize (2**63 - 1); every
 # comparison with a float64 sees it as 2.0**63.
@@ -37,7 +38,7 @@ UNSOLVABLE = 1  # munkres 1.1.4 raises UnsolvableMatrix (step 6 changes nothing)
 NO_PROGRESS = 2  # iteration guard: non-finite costs make the algorithm cycle forever
 
 
-@numba.njit(cache=True)
+@njit
 def _find_a_zero(c, row_covered, col_covered, i0, j0):
   """Step 4's zero search: first row (cyclic from i0) with an uncovered zero, last such
   zero in that row's cyclic column scan starting at j0."""
@@ -62,7 +63,7 @@ def _find_a_zero(c, row_covered, col_covered, i0, j0):
   return row, col
 
 
-@numba.njit(cache=True)
+@njit
 def _find_in_row(marked, row, value):
   for j in range(marked.shape[1]):
     if marked[row, j] == value:
@@ -70,7 +71,7 @@ def _find_in_row(marked, row, value):
   return -1
 
 
-@numba.njit(cache=True)
+@njit
 def _find_star_in_col(marked, col):
   for i in range(marked.shape[0]):
     if marked[i, col] == 1:
@@ -78,7 +79,7 @@ def _find_star_in_col(marked, col):
   return -1
 
 
-@numba.njit(cache=True)
+@njit
 def munkres_pairs(cost, max_iterations=1_000_000):
   """Solves the assignment problem on `cost` as munkres 1.1.4 does.
 
