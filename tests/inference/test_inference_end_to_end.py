@@ -1,9 +1,9 @@
 """End to end from image files to COCO metrics with perfect network outputs.
 
-Ground-truth keypoints of the COCO sample are rendered as the outputs a perfect network
-would give at each stage resolution after the test resize (and mirrored for the flip
-call), then go through the real aggregation (bucketed batch), grouping, the map back to
-image pixels and pycocotools. AP must be >= 0.95: this checks every coordinate convention
+Ground-truth keypoints of the COCO sample are rendered (`inference.oracle`) as the outputs
+a perfect network would give at each stage resolution after the test resize (and mirrored
+for the flip call), then go through the real aggregation (bucketed batch), grouping, the
+map back to image pixels and pycocotools. AP must be >= 0.95: this checks every coordinate convention
 on the way (resize, stage strides, flip, projection, adjust, get_final_preds).
 """
 
@@ -15,75 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from higherhrnet_jax import keypoints
 from higherhrnet_jax.config import base_config
 from higherhrnet_jax.evaluation import coco as C
+from higherhrnet_jax.inference import oracle
 from higherhrnet_jax.inference import outputs as O
 from higherhrnet_jax.inference import transforms as T
-
-SIGMA = 2.0
-TAG_RADIUS = 2.0
-
-
-def _render_stage(people_xy, visible, shape, stride, flip_width=None):
-  """Heatmaps [h, w, K] and tag maps [h, w, K] of a perfect network at one stage.
-
-  A network trained on the official targets (peak at the truncated joint position) puts
-  its peak half a pixel before the joint on average, hence the centre `u / stride - 0.5`.
-  """
-  h, w = shape
-  k = people_xy.shape[1]
-  heat = np.zeros((h, w, k), np.float32)
-  tags = np.zeros((h, w, k), np.float32)
-  r = int(np.ceil(6 * SIGMA))  # beyond this the Gaussian is below 1e-7
-  perm = np.asarray(keypoints.COCO.flip_index)
-  for p, (xy, vis) in enumerate(zip(people_xy, visible)):
-    if flip_width is not None:  # the mirrored image: joints swap sides and names
-      xy = xy[perm].copy()
-      vis = vis[perm]
-      xy[:, 0] = flip_width - 1 - xy[:, 0]
-    for j in range(k):
-      if not vis[j]:
-        continue
-      cx, cy = xy[j] / stride - 0.5
-      x0, x1 = max(int(cx) - r, 0), min(int(cx) + r + 1, w)
-      y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, h)
-      if x0 >= x1 or y0 >= y1:
-        continue
-      yy, xx = np.mgrid[y0:y1, x0:x1]
-      d2 = (xx - cx) ** 2 + (yy - cy) ** 2
-      hw = heat[y0:y1, x0:x1, j]
-      heat[y0:y1, x0:x1, j] = np.maximum(hw, np.exp(-d2 / (2 * SIGMA**2)))
-      tw = tags[y0:y1, x0:x1, j]
-      tags[y0:y1, x0:x1, j] = np.where(d2 <= (TAG_RADIUS + 0.5) ** 2, 2.0 * (p + 1), tw)
-  return heat, tags
-
-
-def _perfect_outputs(t, scales, people, visible, input_size, flipped):
-  """Per scale [out0 (h/4, w/4, 2K), out1 (h/2, w/2, K)] for one prepared image."""
-  per_scale = []
-  for s, image in zip(sorted(scales, reverse=True), t.images):
-    h_in, w_in = image.shape[:2]
-    _, center, scale = T.get_multi_scale_size(t.image_hw, input_size, s, min(scales))
-    trans = T.get_affine_transform(center, scale, 0, (w_in, h_in))
-    xy = people @ trans[:, :2].T + trans[:, 2]
-    width = w_in if flipped else None
-    h0, t0 = _render_stage(xy, visible, (h_in // 4, w_in // 4), 4,
-                           None if width is None else width)
-    h1, _ = _render_stage(xy, visible, (h_in // 2, w_in // 2), 2, width)
-    per_scale.append([np.concatenate([h0, t0], axis=-1), h1])
-  return per_scale
-
-
-def _stage_arrays(per_image, batch, s, stage):
-  shape = batch['images'][s].shape
-  stride = 4 if stage == 0 else 2
-  out = np.zeros((len(per_image), shape[1] // stride, shape[2] // stride,
-                  per_image[0][s][stage].shape[-1]), np.float32)
-  for b, o in enumerate(per_image):
-    a = o[s][stage]
-    out[b, :a.shape[0], :a.shape[1]] = a
-  return jnp.asarray(out)
 
 
 # The official flip test mirrors the pixel array (x -> w - 1 - x) and mirrors the outputs
@@ -122,16 +58,14 @@ def test_perfect_outputs_give_high_ap(coco_sample_dir, scales, flip, bias_x):
     people_all.append(kp)
     image_ids.append(img['id'])
 
-  outs = [_perfect_outputs(t, scales, kp[..., :2], kp[..., 2] > 0, input_size, False)
-          for t, kp in zip(prepared, people_all)]
-  flips = [_perfect_outputs(t, scales, kp[..., :2], kp[..., 2] > 0, input_size, True)
-           for t, kp in zip(prepared, people_all)] if flip else None
   # One bucket for the four images (two landscape sizes, 768 and 832 wide).
   batch = T.bucket_batch(prepared, multiple=128)
-  n = len(scales)
-  outputs = [[_stage_arrays(outs, batch, s, k) for k in (0, 1)] for s in range(n)]
-  flip_outputs = ([[_stage_arrays(flips, batch, s, k) for k in (0, 1)] for s in range(n)]
-                  if flip else None)
+  outputs = oracle.batch_outputs(
+      [oracle.render_outputs(t, kp, spec, input_size) for t, kp in zip(prepared, people_all)],
+      batch, spec)
+  flip_outputs = oracle.batch_outputs(
+      [oracle.render_outputs(t, kp, spec, input_size, flipped=True)
+       for t, kp in zip(prepared, people_all)], batch, spec) if flip else None
   input_hw = [jnp.asarray(h) for h in batch['input_hw']]
   shapes = [im.shape[1:3] for im in batch['images']]
   aggregate = jax.jit(O.aggregate_outputs, static_argnums=(0, 4, 6))
