@@ -6,7 +6,8 @@ OKS scale is `0.53 * bbox_w * bbox_h`), and AP split by the image `crowdIndex` i
 (< 0.2), medium (< 0.8) and hard. Two maintained evaluators implement it as
 `iouType='keypoints_crowd'`: `faster-coco-eval` (a wheel; the default here) and
 `xtcocotools` (mmpose's; with NumPy 2 it must be built from source:
-`pip install --no-build-isolation --no-binary xtcocotools xtcocotools`).
+`pip install --no-build-isolation --no-binary xtcocotools xtcocotools`); `xthotcoco`
+(xtcocotools' API on the independent Rust engine of hotcoco, a wheel) is a third.
 Results records are the COCO ones (:func:`higherhrnet_jax.evaluation.coco.results_records`).
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 from higherhrnet_jax import keypoints
 
 STATS_NAMES = ('AP', 'AP50', 'AP75', 'AR', 'AR50', 'AR75', 'APeasy', 'APmedium', 'APhard')
-BACKENDS = ('faster_coco_eval', 'xtcocotools')
+BACKENDS = ('faster_coco_eval', 'xtcocotools', 'xthotcoco')
 
 
 def _check_ground_truth(path: pathlib.Path, num_joints: int) -> set[int]:
@@ -52,7 +53,7 @@ def evaluate_crowdpose(ground_truth: str | pathlib.Path, records: Sequence[dict]
       both evaluators re-read the file for the crowd split, so it must be a path.
     records: results records with 14-joint keypoints.
     sigmas: per-joint OKS sigmas (default: CrowdPose's).
-    backend: 'faster_coco_eval' or 'xtcocotools'.
+    backend: one of :data:`BACKENDS`.
     verbose: print the evaluator's summary.
 
   Returns:
@@ -72,6 +73,8 @@ def evaluate_crowdpose(ground_truth: str | pathlib.Path, records: Sequence[dict]
       stats = _faster_coco_eval(path, records, sigmas)
     elif backend == 'xtcocotools':
       stats = _xtcocotools(path, records, sigmas)
+    elif backend == 'xthotcoco':
+      stats = _xthotcoco(path, records, sigmas)
     else:
       raise ValueError(f'backend: {backend!r} is not one of {BACKENDS}')
   out = {name: float(v) for name, v in zip(STATS_NAMES, stats)}
@@ -119,3 +122,23 @@ def _xtcocotools(path: pathlib.Path, records: list[dict], sigmas: np.ndarray) ->
   ev.accumulate()
   ev.summarize()
   return np.asarray(ev.stats[:9])
+
+
+def _xthotcoco(path: pathlib.Path, records: list[dict], sigmas: np.ndarray) -> np.ndarray:
+  try:
+    from xthotcoco import COCO, COCOeval
+  except ImportError as e:
+    raise ImportError('the xthotcoco backend needs `pip install xthotcoco`') from e
+  if not records:
+    return _faster_coco_eval(path, records, sigmas)  # as for xtcocotools
+  gt = COCO(str(path))
+  ev = COCOeval(gt, gt.loadRes(records), 'keypoints_crowd', sigmas, use_area=False)
+  ev.evaluate()
+  ev.accumulate()
+  ev.summarize()
+  stats = np.asarray(ev.stats[:9], np.float64)
+  # xthotcoco 0.1 scores an empty crowd class over all images; the protocol reports -1.
+  for i, subset in enumerate(ev.split(0.2, 0.8)):
+    if not subset:
+      stats[6 + i] = -1.0
+  return stats

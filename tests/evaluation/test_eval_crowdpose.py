@@ -1,8 +1,9 @@
 """CrowdPose protocol on the CrowdPose sample, cross-checked between two evaluators.
 
 No official CrowdPose fixture exists; the reference is a second, independent
-implementation of the protocol (xtcocotools, the one mmpose uses) that must agree with the
-default evaluator (faster-coco-eval) to 1e-12 on every stat.
+implementation of the protocol that must agree with the default evaluator (faster-coco-eval)
+on every stat: xthotcoco (hotcoco's Rust engine behind xtcocotools' API; a wheel, so it
+runs everywhere) and, where it is built, xtcocotools itself (the one mmpose uses).
 """
 
 import json
@@ -47,9 +48,17 @@ def _predictions(data, noise, seed=0):
   return C.results_records(ids, poses, scores)
 
 
+def _require(backend):
+  if backend == 'xtcocotools':
+    pytest.importorskip('xtcocotools.cocoeval', reason='xtcocotools (source build) not installed')
+  elif backend == 'xthotcoco':
+    pytest.importorskip('xthotcoco', reason='xthotcoco not installed')
+
+
 @pytest.mark.parametrize('crowd_index', [None, (0.1, 0.9)])
-def test_two_evaluators_agree(crowdpose_sample_dir, tmp_path, crowd_index):
-  pytest.importorskip('xtcocotools.cocoeval', reason='xtcocotools (source build) not installed')
+@pytest.mark.parametrize('other', ['xthotcoco', 'xtcocotools'])
+def test_two_evaluators_agree(crowdpose_sample_dir, tmp_path, crowd_index, other):
+  _require(other)
   if crowd_index is None:
     path = crowdpose_sample_dir / 'test_crowdpose.json'
     data = json.loads(path.read_text())
@@ -57,9 +66,9 @@ def test_two_evaluators_agree(crowdpose_sample_dir, tmp_path, crowd_index):
     path, data = _gt_with_crowd_index(crowdpose_sample_dir, tmp_path, crowd_index)
   records = _predictions(data, noise=4.0)
   a = CP.evaluate_crowdpose(path, records, backend='faster_coco_eval')
-  b = CP.evaluate_crowdpose(path, records, backend='xtcocotools')
+  b = CP.evaluate_crowdpose(path, records, backend=other)
   for name in CP.STATS_NAMES:
-    assert abs(a[name] - b[name]) <= 1e-12, (name, a[name], b[name])
+    assert abs(a[name] - b[name]) <= 1e-12, (other, name, a[name], b[name])
   assert 0.3 < a['AP'] < 1.0 and a['AR'] > a['AP']
   if crowd_index is None:  # both sample images are 'medium' (0.33, 0.39)
     assert a['APeasy'] == a['APhard'] == -1 and a['APmedium'] > 0
@@ -78,8 +87,7 @@ def test_perfect_predictions(crowdpose_sample_dir):
 
 @pytest.mark.parametrize('backend', CP.BACKENDS)
 def test_no_detections(crowdpose_sample_dir, backend):
-  if backend == 'xtcocotools':
-    pytest.importorskip('xtcocotools.cocoeval', reason='xtcocotools (source build) not installed')
+  _require(backend)
   stats = CP.evaluate_crowdpose(crowdpose_sample_dir / 'test_crowdpose.json', [], backend=backend)
   assert stats['AP'] == 0 and stats['AR'] == 0
 
