@@ -29,6 +29,11 @@ match almost nothing, and nearly every candidate founds a person of its own (hun
 image). Refine then scans the full base-size maps for every missing joint of every
 person. Trained weights give a handful of people and far less grouping work.
 
+`--outputs oracle` measures that case without trained weights: the network still runs and
+is timed, but aggregation and grouping receive the ground truth of `--annotations`
+rendered as a perfect network's outputs (`higherhrnet_jax.inference.oracle`): the
+annotated people, their labelled joints, missing joints left for refine.
+
 Default run (W32-512): scale [1] on the first two sample images, [2, 1, 0.5] on the
 first image, two timed repeats, the baseline once on the first image of each set. On a
 busy 2-core CPU this takes about 13 minutes: compiling W32 takes about a minute per shape
@@ -39,6 +44,8 @@ Usage:
   python bench/inference.py                       # W32-512 defaults above
   python bench/inference.py --scales 1 --images 4 --baseline-images 4 --json
   python bench/inference.py --config configs/tiny.py --scales 1 --scales 2,1,0.5
+  python bench/inference.py --outputs oracle --images 4 --baseline-images 4 \
+      --out bench/results/inference_oracle.json
 
 With `--json` the last printed line is one JSON object: the first scale set's
 `network_ms`, `aggregation_ms`, `grouping_ms`, `baseline_grouping_ms`, `speedup`,
@@ -70,6 +77,7 @@ from higherhrnet_jax import convert  # noqa: E402
 from higherhrnet_jax.config import load_config  # noqa: E402
 from higherhrnet_jax.data.coco import decode_image  # noqa: E402
 from higherhrnet_jax.inference import grouping  # noqa: E402
+from higherhrnet_jax.inference import oracle, transforms  # noqa: E402
 from higherhrnet_jax.inference.predictor import Predictor  # noqa: E402
 
 DEFAULT_CONFIG = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
@@ -132,9 +140,40 @@ def _timed(fn, *args, **kwargs) -> float:
   return time.perf_counter() - t0
 
 
+def _use_oracle_outputs(predictor, inputs, people):
+  """Makes the predictor's network stage return ground-truth-rendered outputs.
+
+  The real network still runs (and is waited for) on every call, so the network time is
+  the model's; aggregation and grouping then see what a trained network with well
+  separated people outputs (`inference.oracle`). Returns `select(i)`, to call before
+  dispatching input i.
+  """
+  size = int(predictor.config.data.input_size)
+  spec = predictor.spec
+  rendered = []
+  for inp, kp in zip(inputs, people):
+    bucket = transforms.bucket_batch([inp], int(predictor.config.test.shape_bucket))
+    outs = oracle.batch_outputs([oracle.render_outputs(inp, kp, spec, size)], bucket, spec)
+    flips = oracle.batch_outputs([oracle.render_outputs(inp, kp, spec, size, flipped=True)],
+                                 bucket, spec) if spec.flip_test else None
+    rendered.append((outs, flips))
+  network = predictor._network
+  current = [None]
+
+  def oracle_network(variables, images, input_hw):
+    jax.block_until_ready(network(variables, images, input_hw))
+    return current[0]
+
+  predictor._network = oracle_network
+  return lambda i: current.__setitem__(0, rendered[i])
+
+
 def run_scale_set(config_path, overrides, scales, variables, images, names, repeats,
-                  baseline_images, baseline_repeats, allow_mismatch):
-  """Warm-up + identical-output check + interleaved timing for one scale set."""
+                  baseline_images, baseline_repeats, allow_mismatch, people=None):
+  """Warm-up + identical-output check + interleaved timing for one scale set.
+
+  With `people` (per image [P, K, 3] ground truth), grouping runs on oracle outputs.
+  """
   scale_text = ','.join(f'{s:g}' for s in scales)
   config = load_config(config_path, [*overrides, f'test.scale_factor=({scale_text},)',
                                      'test.flip_test=True', 'test.adjust=True',
@@ -145,7 +184,9 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
                                        padding=int(t.nms_padding),
                                        k=int(config.data.max_num_people)))
 
-  def pipeline(inp):
+  def pipeline(i):
+    inp = inputs[i]
+    select(i)
     before = dict(predictor.timings)
     t0 = time.perf_counter()
     flight = predictor.dispatch([inp], profile=True)
@@ -158,6 +199,7 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
     t0 = time.perf_counter()
     inputs.append(predictor.prepare(img))
     prepare_s.append(time.perf_counter() - t0)
+  select = (lambda i: None) if people is None else _use_oracle_outputs(predictor, inputs, people)
 
   # Warm-up: compiles one program per shape bucket (numba kernels load from cache or
   # compile). The baseline (NumPy + munkres, nothing to compile) runs here for the
@@ -167,7 +209,7 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
   thr = float(config.test.detection_threshold)
   for i, (name, inp) in enumerate(zip(names, inputs)):
     t0 = time.perf_counter()
-    flight, _, _ = pipeline(inp)
+    flight, _, _ = pipeline(i)
     warmup_s += time.perf_counter() - t0
     top_k_stage = 'grouping' if flight.top_k is None else 'aggregation'
     final, tags, (val_k, loc_k, tag_k) = _maps(flight, top_k_fn)
@@ -190,8 +232,8 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
 
   wall = [[] for _ in inputs]
   for r in range(repeats):
-    for i, inp in enumerate(inputs):  # interleaved, so load changes hit every method alike
-      _, split, total = pipeline(inp)
+    for i in range(len(inputs)):  # interleaved, so load changes hit every method alike
+      _, split, total = pipeline(i)
       for k, v in split.items():
         samples[k][i].append(v)
       wall[i].append(total)
@@ -231,6 +273,23 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
       'per_image': [dict(c, **{f'{k}_ms': None if med[k][i] is None else _ms(med[k][i])
                                for k in STAGES}) for i, c in enumerate(checks)],
   }
+
+
+def _ground_truth(path: pathlib.Path, names) -> list[np.ndarray]:
+  """Per image name, the [P, K, 3] keypoints of its people with labelled joints."""
+  if not path.is_file():
+    raise SystemExit(f'--annotations: {path} not found')
+  gt = json.loads(path.read_text())
+  ids = {im['file_name']: im['id'] for im in gt['images']}
+  missing = [n for n in names if n not in ids]
+  if missing:
+    raise SystemExit(f'--annotations: {path} has no image record for {missing}')
+  out = []
+  for n in names:
+    kps = [a['keypoints'] for a in gt['annotations']
+           if a['image_id'] == ids[n] and a.get('num_keypoints', 0) > 0]
+    out.append(np.asarray(kps, np.float64).reshape(len(kps), -1, 3))
+  return out
 
 
 def _f(v, fmt: str, width: int) -> str:
@@ -291,6 +350,12 @@ def main() -> None:
   ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
                   help='config override, e.g. test.detection_threshold=5 (repeatable; the '
                        'scales, flip, adjust and refine are set by this script)')
+  ap.add_argument('--outputs', choices=('network', 'oracle'), default='network',
+                  help='what aggregation and grouping see: the network outputs, or the '
+                       'ground truth of --annotations rendered as a perfect network\'s outputs '
+                       '(the network still runs and is timed)')
+  ap.add_argument('--annotations', type=pathlib.Path, default=None,
+                  help='COCO keypoint JSON for --outputs oracle (default: DATA/test_coco.json)')
   ap.add_argument('--allow-mismatch', action='store_true',
                   help='time even if the baseline output differs (recorded in the JSON)')
   ap.add_argument('--out', type=pathlib.Path, default=DEFAULT_OUT)
@@ -310,6 +375,9 @@ def main() -> None:
     raise SystemExit(f'--data: no *.jpg images in {args.data}')
   images = [decode_image(p) for p in paths]
   names = [p.name for p in paths]
+  people = None
+  if args.outputs == 'oracle':
+    people = _ground_truth(args.annotations or args.data / 'test_coco.json', names)
 
   config = load_config(args.config, args.override)
   t0 = time.perf_counter()
@@ -326,7 +394,7 @@ def main() -> None:
     n = args.images if len(scales) == 1 else args.ms_images
     runs.append(run_scale_set(args.config, args.override, scales, variables, images[:n],
                               names[:n], args.repeats, args.baseline_images, args.baseline_repeats,
-                              args.allow_mismatch))
+                              args.allow_mismatch, None if people is None else people[:n]))
 
   print_table(runs)
   first = runs[0]
@@ -337,8 +405,8 @@ def main() -> None:
                                    'identical_output', 'scales', 'images')}
   report.update(
       config=os.path.relpath(args.config, REPO) if args.config.is_absolute() else str(args.config),
-      overrides=args.override, weights=weights, weights_load_s=weights_s, flip_test=True,
-      adjust=True, refine=True,
+      overrides=args.override, weights=weights, outputs=args.outputs, weights_load_s=weights_s,
+      flip_test=True, adjust=True, refine=True,
       backend=jax.default_backend(), devices=len(jax.local_devices()), cpu_count=os.cpu_count(),
       load_avg_1m=os.getloadavg()[0], jax=jax.__version__, python=platform.python_version(),
       runs=runs)
