@@ -12,40 +12,54 @@ the losses, the training loop and the evaluation runner. AP near 1 shows that
 annotations, masks, targets, losses, grouping and the mapping back to image coordinates
 agree end to end; an off-by-some-pixels error anywhere would cost OKS and show in AP75/AP.
 
-Choices, and why:
-  * No rotation or translation; the training view is the whole image
-    (`data.scale_type='long'`): its long side fills the square input, the rest is zero
-    padding, so every person is seen. A 'short' crop would cut people at the sides.
-  * Train and test sizes differ so that people have about the same size in pixels in both.
-    The test loop maps the *short* side to `data.input_size` rounded up to a multiple of 64;
-    the training view maps the *long* side to its input. The sample images are about 3:2,
-    so training at `--train_size` 384 matches testing at `--test_size` 256 (0.60 input
-    pixels per image pixel in both) for three images; 000000197388 (640x392) is 0.65 at
-    test. The evaluation uses a copy of the config with only the input size changed (the
-    model is fully convolutional).
-  * A narrow scale range, [`--min_scale` 0.9, 1] of the long side (0.60-0.67), covers that
-    one image. A memorising network is very scale-specific: with a fixed scale, that
-    image's people scored OKS 0.3-0.65 while the others reached 0.8-0.99 (AP 0.41 overall),
-    and testing at 320 instead of 256 dropped AP to 0.02.
-  * Horizontal flip stays on (p=0.5). The test loop averages the mirrored image's heatmaps
-    and concatenates its tags; a network that never saw mirrored images gives noise there.
-  * Resolution: 384 in training gives 192x192 heatmaps (3.3 image pixels per cell).
-    COCO OKS near 0.9 needs the face joints of the smaller people (area ~1,900 px^2)
-    within about two image pixels, which that grid with adjust/refine reaches once the
-    network has memorised the peaks. Larger inputs cost time on a 2-core CPU roughly in
-    proportion to the pixel count (384, w=16: about 1 step/s with batch 4).
-  * Model: the quickstart's slim HigherHRNet (`model_config`, `--width` 16, 0.7M
-    parameters): it has to memorise a dozen people, not generalise, and small models
-    train fast on a CPU.
+Choices, and why (each measured; AP of single runs, seed 0):
+  * Model: a slim HigherHRNet (`model_config`: branch widths (24, 32, 64, 128), one block
+    per branch, 0.77M parameters): it has to memorise a dozen people, not generalise, and
+    small models train fast on a CPU. The highest-resolution branch and the deconv block
+    (`--head_width` 24) feed the 1x1 final layers, so their width bounds the rank of the
+    predicted maps: at 16, fewer than the 17 heatmaps, the network gave up on the ankles
+    (both ankle maps identical, peak 0.05 at stride 4) and AP stayed at 0.80; at 20
+    0.82, and 24 fixed every ankle.
+  * The training view is the whole image (`data.scale_type='long'`): its long side fills
+    the square input. Crops of the short side ('short') give finer heatmaps for the same
+    cost (AP 0.70-0.82 at 384), but people at opposite edges of an image never share a
+    view, so the push loss never separates their tags and grouping merges them.
+  * Train and test sizes are chosen so that people have the same size in pixels in both.
+    The test loop maps the *short* side to `data.input_size` (the long side rounded up to
+    a multiple of 64); the training view maps the *long* side to its input. Training at
+    `--train_size` 448 with `--min_scale`/`--max_scale` [0.84, 0.96] of the long side gives
+    0.73-0.83 input pixels per image pixel, which holds every image of the sample at
+    `--test_size` 320 (0.75, 0.75, 0.82; 0.96 for the 500-wide image, whose views span
+    0.93-1.07). A memorising network is scale-specific: trained at one fixed scale (long
+    384), the image whose test scale differed by 8% scored OKS 0.3-0.65 (AP 0.41).
+  * No rotation or translation; horizontal flip stays on (p=0.5): the test loop averages
+    the mirrored image's heatmaps and concatenates its tags, and a network that never saw
+    mirrored images gives noise there.
+  * Associative-embedding weight 0.002, twice the COCO recipe's: 0.843 against 0.774 at
+    0.001 in the same setting; 0.005 costs heatmap precision (0.47 against 0.80 at 384).
   * Optimiser: Adam, LR 3e-3 after a 50-step warm-up, divided by 10 for the last 20% of
-    the steps to settle the peaks; 1000 steps. Batch = the four images, so one step is
-    one epoch.
+    the steps to settle the peaks. Batch = the four images, so one step is one epoch.
 
-Measured on a shared 2-core CPU (load 3-6): 1000 steps, AP 0.715 (AP50 0.993, AP75 0.911)
-in 828 s; 1300 steps, AP 0.700 in 1097 s. Joint positions of the top detections are
-within 1-6 image pixels of the truth; what still costs AP is grouping: a few joints of a
-person (e.g. both hips of 000000000785) join another group and refine fills them from a
-spurious peak. The AP >= 0.9 target is not reached yet.
+Measured on the shared 2-core CPU, two runs at a time (wall times are upper bounds):
+
+  | training view, size, scale range     | head | AE    | steps | AP    | wall   |
+  |--------------------------------------|------|-------|-------|-------|--------|
+  | long 384 [0.9, 1], test 256          | 16   | 0.001 | 1000  | 0.715 | 828 s  |
+  | short 384 [0.95, 1.05], translate 70 | 16   | 0.001 | 1000  | 0.795 | 1022 s |
+  | same                                 | 16   | 0.005 | 1000  | 0.467 | 1027 s |
+  | same                                 | 20   | 0.001 | 1000  | 0.816 | 1077 s |
+  | same                                 | 24   | 0.001 | 1000  | 0.702 | 1179 s |
+  | long 448 [0.93, 1.1], test 320       | 24   | 0.001 | 900   | 0.840 | 1342 s |
+  | long 448 [0.84, 0.96], test 320      | 24   | 0.001 | 1150  | 0.774 | 1954 s |
+  | same (the defaults)                  | 24   | 0.002 | 1150  | 0.843 | 1949 s |
+
+The defaults alone on the machine: AP 0.843 (AP50 1.0, AP75 0.904, AR 0.925) in 1564 s,
+the same AP as in the table (the run is deterministic).
+Joints are now within about 1-3 image pixels (OKS 0.9-0.99 for 10 of the 12 people);
+what still costs AP is grouping in 000000197388 (five people, two at the image edges):
+a few joints join a person from across the image, and a person split in two has its best
+group scored low. Runs of near-identical settings differ by up to 0.07 AP. The AP >= 0.9
+target is not reached yet.
 """
 
 from __future__ import annotations
@@ -64,11 +78,15 @@ DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'coco_sample'
 ANNOTATIONS = 'test_coco.json'
 
 
-def model_config(c, width: int = 16) -> None:
-  """A slim HigherHRNet: branch widths (w, 2w, 4w, 8w), one block per branch, one module.
+def model_config(c, width: int = 16, head_width: int = 24) -> None:
+  """A slim HigherHRNet: branch widths (head_width, 2w, 4w, 8w), one block per branch.
 
   It has to memorise a dozen people precisely, not generalise, and small models train fast
-  on a CPU (w=16: 0.7M parameters).
+  on a CPU. The highest-resolution branch and the deconvolution block are wider
+  (`head_width`): each feeds a 1x1 final layer, so its channel count bounds the rank of
+  the predicted maps. With 16 channels for 17 heatmaps (+ 17 tags) the heatmaps are
+  linearly dependent and the network gave up on the ankles (both ankle maps identical,
+  peak 0.05 at stride 4); 24 leaves room for every joint.
   """
   from higherhrnet_jax import config as cfg
 
@@ -76,12 +94,18 @@ def model_config(c, width: int = 16) -> None:
   c.model.stage1.num_blocks = (1,)
   c.model.stage1.num_channels = (width,)
   cfg.with_slim_stages(c, width)
+  for name in ('stage2', 'stage3', 'stage4'):
+    s = c.model[name]
+    s.num_channels = (head_width, *s.num_channels[1:])
+  c.model.deconv.num_channels = (head_width,)
 
 
-def make_configs(data_dir: pathlib.Path, *, train_size: int = 384, test_size: int = 256,
-                 steps: int = 1000, lr: float = 3e-3, width: int = 16, min_scale: float = 0.9,
+def make_configs(data_dir: pathlib.Path, *, train_size: int = 448, test_size: int = 320,
+                 steps: int = 1150, lr: float = 3e-3, width: int = 16, head_width: int = 24,
+                 min_scale: float = 0.84,
+                 max_scale: float = 0.96, scale_type: str = 'long', max_translate: int = 0,
                  seed: int = 0,
-                 workers: int = 0, ae_factor: float = 0.001):
+                 workers: int = 0, ae_factor: float = 0.002):
   """(train config, eval config) for the overfit run; they differ only in the input size."""
   from higherhrnet_jax import config as cfg
 
@@ -90,19 +114,19 @@ def make_configs(data_dir: pathlib.Path, *, train_size: int = 384, test_size: in
     raise FileNotFoundError(f'--data_dir: {ann} not found')
   c = cfg.base_config()
   c.seed = seed
-  model_config(c, width)
+  model_config(c, width, head_width)
   cfg.with_input_size(c, train_size)
   d = c.dataset
   d.train_annotations = d.test_annotations = str(ann)
   d.train_images = d.test_images = str(data_dir)
   a = c.data
-  a.scale_type = 'long'
-  a.min_scale, a.max_scale = min_scale, 1.0
+  a.scale_type = scale_type
+  a.min_scale, a.max_scale = min_scale, max_scale
   a.max_rotation = 0.0
-  a.max_translate = 0
+  a.max_translate = max_translate
   a.flip = 0.5
   a.num_workers = workers
-  # AE weight: the COCO recipe's 0.001 gave AP 0.715 here; 0.02 (the quickstart's) 0.61.
+  # AE weight (push and pull): see the module docstring for the measured alternatives.
   c.loss.push_loss_factor = c.loss.pull_loss_factor = (ae_factor, ae_factor)
   t = c.train
   t.batch_size = t.reference_batch_size = 4
@@ -155,21 +179,30 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument('--data_dir', type=pathlib.Path, default=DEFAULT_DATA,
                  help=f'folder with {ANNOTATIONS} and the images')
   p.add_argument('--workdir', type=pathlib.Path, default=None, help='default: a temp dir')
-  p.add_argument('--steps', type=int, default=1000)
+  p.add_argument('--steps', type=int, default=1150)
   p.add_argument('--lr', type=float, default=3e-3)
-  p.add_argument('--train_size', type=int, default=384)
-  p.add_argument('--test_size', type=int, default=256)
+  p.add_argument('--train_size', type=int, default=448)
+  p.add_argument('--test_size', type=int, default=320)
   p.add_argument('--width', type=int, default=16, help='HRNet branch width w')
-  p.add_argument('--min_scale', type=float, default=0.9,
+  p.add_argument('--head_width', type=int, default=24,
+                 help='width of the highest-resolution branch and of the deconv block')
+  p.add_argument('--min_scale', type=float, default=0.84,
                  help='training views scale the long side to [min_scale, 1] of the input')
+  p.add_argument('--max_scale', type=float, default=0.96)
+  p.add_argument('--scale_type', choices=('long', 'short'), default='long',
+                 help="which side of the image fills the square training input")
+  p.add_argument('--max_translate', type=int, default=0,
+                 help='random shift of the training view, in units of the official 200-px box')
   p.add_argument('--workers', type=int, default=0, help='grain worker processes')
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--ae_factor', type=float, default=0.001, help='push and pull loss factor')
+  p.add_argument('--ae_factor', type=float, default=0.002, help='push and pull loss factor')
   p.add_argument('--json', action='store_true', help='print the metrics as JSON last')
   a = p.parse_args(argv)
   logging.getLogger().setLevel(logging.WARNING)
   kwargs = dict(train_size=a.train_size, test_size=a.test_size, steps=a.steps, lr=a.lr,
-                width=a.width, min_scale=a.min_scale, seed=a.seed, workers=a.workers,
+                width=a.width, head_width=a.head_width, min_scale=a.min_scale,
+                max_scale=a.max_scale, scale_type=a.scale_type, max_translate=a.max_translate,
+                seed=a.seed, workers=a.workers,
                 ae_factor=a.ae_factor)
   if a.workdir is None:
     with tempfile.TemporaryDirectory(prefix='overfit_coco_') as tmp:
