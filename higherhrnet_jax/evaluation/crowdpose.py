@@ -50,7 +50,7 @@ def evaluate_crowdpose(ground_truth: str | pathlib.Path, records: Sequence[dict]
 
   Args:
     ground_truth: path of a CrowdPose-format annotation file (images carry `crowdIndex`);
-      both evaluators re-read the file for the crowd split, so it must be a path.
+      the evaluators re-read the file for the crowd split, so it must be a path.
     records: results records with 14-joint keypoints.
     sigmas: per-joint OKS sigmas (default: CrowdPose's).
     backend: one of :data:`BACKENDS`.
