@@ -69,7 +69,8 @@ def evaluate_crowdpose(ground_truth: str | pathlib.Path, records: Sequence[dict]
   sigmas = np.asarray(sigmas, np.float64)
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
-    if backend == 'faster_coco_eval':
+    if backend == 'faster_coco_eval' or (backend in BACKENDS and not records):
+      # The xtcocotools-style evaluators cannot take an empty result set; all zeros here.
       stats = _faster_coco_eval(path, records, sigmas)
     elif backend == 'xtcocotools':
       stats = _xtcocotools(path, records, sigmas)
@@ -103,6 +104,19 @@ def _faster_coco_eval(path: pathlib.Path, records: list[dict], sigmas: np.ndarra
   return np.asarray(ev.all_stats[:9])
 
 
+def _xtcocotools_api(path: pathlib.Path, records: list[dict], sigmas: np.ndarray, coco_cls,
+                     eval_cls, prepare=lambda ev: None):
+  """(evaluator, stats) of xtcocotools' `COCOeval(..., 'keypoints_crowd')` API (records
+  must not be empty: these evaluators re-read them for the crowd split)."""
+  gt = coco_cls(str(path))
+  ev = eval_cls(gt, gt.loadRes(records), 'keypoints_crowd', sigmas, use_area=False)
+  prepare(ev)
+  ev.evaluate()
+  ev.accumulate()
+  ev.summarize()
+  return ev, np.asarray(ev.stats[:9], np.float64)
+
+
 def _xtcocotools(path: pathlib.Path, records: list[dict], sigmas: np.ndarray) -> np.ndarray:
   try:
     from xtcocotools.coco import COCO
@@ -110,18 +124,9 @@ def _xtcocotools(path: pathlib.Path, records: list[dict], sigmas: np.ndarray) ->
   except (ImportError, ValueError) as e:  # ValueError: a wheel built against NumPy 1
     raise ImportError('xtcocotools is missing or built against another NumPy; install it with '
                       '`pip install --no-build-isolation --no-binary xtcocotools xtcocotools`') from e
-  if not records:
-    # xtcocotools re-reads the results for the crowd split and cannot take an empty set;
-    # the other evaluator handles it (all zeros).
-    return _faster_coco_eval(path, records, sigmas)
-  gt = COCO(str(path))
-  dt = gt.loadRes(records)
-  ev = COCOeval(gt, dt, 'keypoints_crowd', sigmas, use_area=False)
-  ev.params.useSegm = None
-  ev.evaluate()
-  ev.accumulate()
-  ev.summarize()
-  return np.asarray(ev.stats[:9])
+  _, stats = _xtcocotools_api(path, records, sigmas, COCO, COCOeval,
+                              prepare=lambda ev: setattr(ev.params, 'useSegm', None))
+  return stats
 
 
 def _xthotcoco(path: pathlib.Path, records: list[dict], sigmas: np.ndarray) -> np.ndarray:
@@ -129,14 +134,7 @@ def _xthotcoco(path: pathlib.Path, records: list[dict], sigmas: np.ndarray) -> n
     from xthotcoco import COCO, COCOeval
   except ImportError as e:
     raise ImportError('the xthotcoco backend needs `pip install xthotcoco`') from e
-  if not records:
-    return _faster_coco_eval(path, records, sigmas)  # as for xtcocotools
-  gt = COCO(str(path))
-  ev = COCOeval(gt, gt.loadRes(records), 'keypoints_crowd', sigmas, use_area=False)
-  ev.evaluate()
-  ev.accumulate()
-  ev.summarize()
-  stats = np.asarray(ev.stats[:9], np.float64)
+  ev, stats = _xtcocotools_api(path, records, sigmas, COCO, COCOeval)
   # xthotcoco 0.1 scores an empty crowd class over all images; the protocol reports -1.
   for i, subset in enumerate(ev.split(0.2, 0.8)):
     if not subset:
