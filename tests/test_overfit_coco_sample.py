@@ -1,7 +1,7 @@
 """End to end on real COCO images: training from scratch memorises the sample (AP >= 0.9).
 
 Runs `bench/overfit_coco_sample.py` in a subprocess (its grain loader and XLA state stay
-out of the test process). Slow: about 26 minutes on a 2-core CPU.
+out of the test process). Slow: about 21 minutes on a 2-core CPU.
 """
 
 import json
