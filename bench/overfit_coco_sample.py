@@ -83,6 +83,7 @@ table (the run is deterministic).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -164,6 +165,11 @@ def make_configs(data_dir: pathlib.Path, *, train_size: int = 448, test_size: in
   return c, e
 
 
+# The command line's defaults are make_configs' defaults (one place to change them).
+DEFAULTS = {name: p.default for name, p in inspect.signature(make_configs).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def run(data_dir: pathlib.Path, workdir: pathlib.Path, **kwargs) -> dict:
   """Trains and evaluates; returns the metrics (COCO stats, `wall_s`, `steps`, settings)."""
   from absl import flags
@@ -197,31 +203,29 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument('--data_dir', type=pathlib.Path, default=DEFAULT_DATA,
                  help=f'folder with {ANNOTATIONS} and the images')
   p.add_argument('--workdir', type=pathlib.Path, default=None, help='default: a temp dir')
-  p.add_argument('--steps', type=int, default=1150)
-  p.add_argument('--lr', type=float, default=3e-3)
-  p.add_argument('--train_size', type=int, default=448)
-  p.add_argument('--test_size', type=int, default=320)
-  p.add_argument('--width', type=int, default=16, help='HRNet branch width w')
-  p.add_argument('--head_width', type=int, default=24,
+  p.add_argument('--steps', type=int, default=DEFAULTS['steps'])
+  p.add_argument('--lr', type=float, default=DEFAULTS['lr'])
+  p.add_argument('--train_size', type=int, default=DEFAULTS['train_size'])
+  p.add_argument('--test_size', type=int, default=DEFAULTS['test_size'])
+  p.add_argument('--width', type=int, default=DEFAULTS['width'], help='HRNet branch width w')
+  p.add_argument('--head_width', type=int, default=DEFAULTS['head_width'],
                  help='width of the highest-resolution branch and of the deconv block')
-  p.add_argument('--min_scale', type=float, default=0.84,
-                 help='training views scale the long side to [min_scale, 1] of the input')
-  p.add_argument('--max_scale', type=float, default=0.96)
-  p.add_argument('--scale_type', choices=('long', 'short'), default='long',
+  p.add_argument('--min_scale', type=float, default=DEFAULTS['min_scale'],
+                 help='training views: the long/short side times [min_scale, max_scale] '
+                      'fills the input')
+  p.add_argument('--max_scale', type=float, default=DEFAULTS['max_scale'])
+  p.add_argument('--scale_type', choices=('long', 'short'), default=DEFAULTS['scale_type'],
                  help="which side of the image fills the square training input")
-  p.add_argument('--max_translate', type=int, default=16,
-                 help='random shift of the training view, in units of the official 200-px box')
-  p.add_argument('--workers', type=int, default=0, help='grain worker processes')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--ae_factor', type=float, default=0.002, help='push and pull loss factor')
+  p.add_argument('--max_translate', type=int, default=DEFAULTS['max_translate'],
+                 help='random shift of the training view, in 1/200 of the view box (official unit)')
+  p.add_argument('--workers', type=int, default=DEFAULTS['workers'], help='grain worker processes')
+  p.add_argument('--seed', type=int, default=DEFAULTS['seed'])
+  p.add_argument('--ae_factor', type=float, default=DEFAULTS['ae_factor'],
+                 help='push and pull loss factor')
   p.add_argument('--json', action='store_true', help='print the metrics as JSON last')
   a = p.parse_args(argv)
   logging.getLogger().setLevel(logging.WARNING)
-  kwargs = dict(train_size=a.train_size, test_size=a.test_size, steps=a.steps, lr=a.lr,
-                width=a.width, head_width=a.head_width, min_scale=a.min_scale,
-                max_scale=a.max_scale, scale_type=a.scale_type, max_translate=a.max_translate,
-                seed=a.seed, workers=a.workers,
-                ae_factor=a.ae_factor)
+  kwargs = {name: getattr(a, name) for name in DEFAULTS}
   if a.workdir is None:
     with tempfile.TemporaryDirectory(prefix='overfit_coco_') as tmp:
       metrics = run(a.data_dir, pathlib.Path(tmp), **kwargs)
