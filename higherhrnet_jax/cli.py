@@ -114,6 +114,7 @@ def make_evaluate_fn(config, out_dir: str | pathlib.Path):
   holder: dict = {}
 
   def evaluate_fn(variables) -> dict:
+    holder['last'] = None  # a failed evaluation must not leave an earlier one as the result
     if 'predictor' not in holder:
       holder['predictor'] = Predictor(config, variables)
     else:
@@ -147,6 +148,9 @@ def run_train(config, workdir: str | pathlib.Path) -> dict | None:
   loop.train(config, workdir, evaluate_fn=evaluate_fn)
   metrics = evaluate_fn.last() if evaluate_fn is not None else None
   if metrics is None:
+    if evaluate_fn is not None:
+      _log.error('the final evaluation failed (the trained state is saved): see %s',
+                 workdir / loop.EVAL_FAILURES)
     return None
   from higherhrnet_jax.evaluation import runner
 

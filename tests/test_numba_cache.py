@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 from higherhrnet_jax import _numba
 from higherhrnet_jax.inference import grouping_host, munkres
@@ -31,3 +33,41 @@ def test_numba_setting_is_restored_after_decoration():
   saved = _numba.numba.config.CACHE_DIR
   _numba.njit(lambda x: x + 1)
   assert _numba.numba.config.CACHE_DIR == saved
+
+
+_PARALLEL_MODULE = '''
+import numba
+import numpy as np
+from higherhrnet_jax._numba import njit
+
+@njit(parallel=True)
+def total(a):
+  s = 0.0
+  for i in numba.prange(a.shape[0]):
+    s += a[i]
+  return s
+
+@njit
+def twice_total(a):
+  return 2.0 * total(a)
+'''
+
+
+def test_caller_compiled_over_a_cached_parallel_kernel_runs_from_the_cache(tmp_path):
+  """The mechanism of the grouping segfault, on two small functions.
+
+  Process 1 caches the parallel kernel; process 2 loads it from the cache and compiles and
+  caches a caller; process 3 loads only the caller. Unless the caller kept the kernel's
+  threading-layer start-up, process 3 calls a null address (exit -11).
+  """
+  (tmp_path / 'parallel_mod.py').write_text(_PARALLEL_MODULE)
+  env = {**os.environ, 'NUMBA_CACHE_DIR': str(tmp_path / 'cache'),
+         'PYTHONPATH': os.pathsep.join([str(tmp_path), *sys.path])}
+  calls = ('print(parallel_mod.total(np.arange(100.0)))',
+           'print(parallel_mod.twice_total(np.arange(100.0)))',
+           'print(parallel_mod.twice_total(np.arange(100.0)))')
+  for call in calls:
+    run = subprocess.run([sys.executable, '-c', f'import numpy as np, parallel_mod; {call}'],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (call, run.returncode, run.stderr[-2000:])
+  assert float(run.stdout) == 2 * 4950.0

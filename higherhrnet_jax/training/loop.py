@@ -14,6 +14,7 @@ import os
 import pathlib
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -181,6 +182,27 @@ def _setup_logging(workdir: pathlib.Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
 
+EVAL_FAILURES = 'eval_failures.jsonl'
+
+
+def _evaluate(evaluate_fn: EvaluateFn, state: state_lib.TrainState, step: int,
+              workdir: pathlib.Path) -> dict | None:
+  """Runs the evaluator; a failure is logged and appended to `<workdir>/eval_failures.jsonl`.
+
+  Evaluation reads the weights only, so its failure (bad annotations, a grouping error)
+  must not end a training job that may have epochs to go; the step is saved already.
+  """
+  try:
+    return dict(evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats}))
+  except Exception as e:  # pylint: disable=broad-except
+    log.exception('evaluation at step %d failed; training goes on', step)
+    if log_lib.is_chief():
+      with open(workdir / EVAL_FAILURES, 'a') as f:
+        f.write(json.dumps({'step': step, 'error': f'{type(e).__name__}: {e}',
+                            'traceback': traceback.format_exc()}) + '\n')
+    return None
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -199,7 +221,8 @@ def train(
     model: defaults to `models.build(config.model)`.
     data_fn: defaults to `make_train_data`.
     evaluate_fn: `evaluate_fn({'params', 'batch_stats'}) -> {'AP': ..., ...}`, called every
-      `train.eval_every_epochs` epochs and at the end; AP selects the best checkpoint.
+      `train.eval_every_epochs` epochs and at the end (after that step is saved); AP selects
+      the best checkpoint. An exception in it is recorded in `eval_failures.jsonl`, not raised.
     step_hooks: `hook(step, metrics)` after every step (host floats), e.g. for tests.
     mesh: defaults to all devices of all processes.
 
@@ -276,15 +299,17 @@ def train(
         speed = progress.update(step)
         log.info(progress.line(step, step / steps_per_epoch, metrics, speed))
         writer.scalars(step, {**metrics, **{k: v for k, v in speed.items() if k != 'eta_s'}})
-      if ckpt.should_save(step):
+      if ckpt.should_save(step) or step == total_steps:  # the last step before its evaluation
         ckpt.save(step, state, data_iter.get_state())
       if evaluate_fn is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
-        results = dict(evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats}))
-        numbers = {k: float(v) for k, v in results.items()
-                   if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
-        log.info('eval at step %d: %s', step, json.dumps({k: round(v, 4) for k, v in numbers.items()}))
-        writer.scalars(step, numbers, prefix='eval')
-        ckpt.save_best(step, state, data_iter.get_state(), results)
+        results = _evaluate(evaluate_fn, state, step, workdir)
+        if results is not None:
+          numbers = {k: float(v) for k, v in results.items()
+                     if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+          log.info('eval at step %d: %s', step,
+                   json.dumps({k: round(v, 4) for k, v in numbers.items()}))
+          writer.scalars(step, numbers, prefix='eval')
+          ckpt.save_best(step, state, data_iter.get_state(), results)
       if term.is_set() or ckpt.reached_preemption(step):
         log.warning('preemption signal: saving step %d and stopping; rerun to resume', step)
         break

@@ -1,5 +1,6 @@
 """Training loop: smoke run (loss falls), bf16 trajectory, non-finite stop, eval + best checkpoint."""
 
+import json
 import math
 import re
 
@@ -144,3 +145,26 @@ def test_trains_and_resumes_on_the_grain_pipeline(repo, tmp_path, coco_sample_di
   ck.close()
   more = _run(cfg, tmp_path, model=model)
   assert len(more) == 1 and np.isfinite(more[0])  # resumed at step 2, ran step 3
+
+
+def test_failing_evaluation_is_recorded_and_training_goes_on(repo, tmp_path):
+  cfg = _config(repo, 'train.num_steps=8', 'train.eval_every_epochs=1')
+  saved_before_eval = []
+
+  def evaluate_fn(variables):
+    # Saving is asynchronous: a step counts once its directory (final or in flight) exists.
+    saved_before_eval.append({int(p.name.split('.')[0]) for p in (tmp_path / 'checkpoints').iterdir()
+                              if p.name.split('.')[0].isdigit()})
+    if len(saved_before_eval) in (2, 4):  # the second and the final evaluation crash
+      raise RuntimeError('grouping exploded')
+    return {'AP': 0.1 * len(saved_before_eval)}
+
+  data_fn = lambda c, b: (batches.SyntheticIterator(c, b), 4)  # 2 steps per epoch
+  losses = _run(cfg, tmp_path, model=tiny_standin.build(cfg.model), data_fn=data_fn,
+                evaluate_fn=evaluate_fn)
+  assert len(losses) == 8 and len(saved_before_eval) == 4
+  assert 8 in saved_before_eval[-1], 'the final step is saved before its evaluation'
+  failures = [json.loads(line) for line in (tmp_path / loop.EVAL_FAILURES).read_text().splitlines()]
+  assert [f['step'] for f in failures] == [4, 8]
+  assert 'RuntimeError: grouping exploded' in failures[0]['error']
+  assert ckpt_lib.Checkpointer(tmp_path).best_step() == 6
