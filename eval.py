@@ -1,34 +1,9 @@
-"""Evaluates a checkpoint on the configured test split.
+"""Evaluates a checkpoint on the configured test split (see higherhrnet_jax/apps/eval.py).
 
-  python eval.py --config=configs/coco/higherhrnet_w32_512.py \
-      --checkpoint=pose_higher_hrnet_w32_512.pth --config.dataset.root=data/coco \
-      --output=runs/eval_w32_512
-
-`--checkpoint` is an official `.pth` / `.npz` state dict or an orbax training directory
-(its best checkpoint, else its latest). Writes results.json, metrics.json and a few
-pictures to `--output`, and prints the COCO (or CrowdPose) table with per-stage times.
+  python eval.py --config=configs/coco/higherhrnet_w32_512.py --checkpoint=<.pth or workdir>
 """
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from higherhrnet_jax import cli
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
-                                          lock_config=True)
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Official .pth/.npz or orbax workdir.')
-_OUTPUT = flags.DEFINE_string('output', 'runs/eval', 'Where results and metrics go.')
-_MAX_IMAGES = flags.DEFINE_integer('max_images', 0, 'Evaluate the first N images only (0: all).')
-_BATCH = flags.DEFINE_integer('batch_size', 0, 'Images per device batch (0: config.test.batch_size).')
-_RENDER = flags.DEFINE_integer('render', 8, 'Pictures with drawn predictions to write.')
-
-
-def main(argv):
-  del argv
-  cli.run_eval(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value, max_images=_MAX_IMAGES.value,
-               batch_size=_BATCH.value, render=_RENDER.value)
-
+from higherhrnet_jax.apps import eval as eval_app
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'checkpoint'])
-  app.run(main)
+  eval_app.run()

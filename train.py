@@ -1,38 +1,9 @@
-"""Trains HigherHRNet, then evaluates it; re-running the same command resumes.
+"""Trains HigherHRNet, then evaluates it (see higherhrnet_jax/apps/train.py for the flags).
 
   python train.py --config=configs/quickstart.py --workdir=runs/quickstart
-
-  python train.py --config=configs/coco/higherhrnet_w32_512.py --workdir=runs/w32_512 \
-      [--config.train.batch_size=48 ...]
-
-Smoke run on generated data:
-
-  python train.py --config=configs/tiny.py --workdir=/tmp/tiny \
-      --config.data.source=synthetic --config.train.num_steps=50 --config.train.log_every_steps=5
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from higherhrnet_jax import cli
-from higherhrnet_jax import config as config_lib
-from higherhrnet_jax.training import loop
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (defines get_config()).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, TensorBoard, config.')
-flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # checkpointing libraries log every save at INFO
-  loop.maybe_initialize_distributed()  # before any JAX computation
-  config = config_lib.validate(_CONFIG.value)
-  cli.run_train(config, _WORKDIR.value)
-
+from higherhrnet_jax.apps import train
 
 if __name__ == '__main__':
-  app.run(main)
+  train.run()

@@ -60,24 +60,6 @@ def split_config_args(argv: list[str]) -> tuple[str, list[str], list[str]]:
   return path, overrides, rest
 
 
-def eval_main() -> None:
-  """Console script `higherhrnet-eval` (same flags as eval.py)."""
-  import argparse
-
-  path, overrides, rest = split_config_args(sys.argv[1:])
-  p = argparse.ArgumentParser(prog='higherhrnet-eval')
-  p.add_argument('--checkpoint', required=True)
-  p.add_argument('--output', default='runs/eval')
-  p.add_argument('--max_images', type=int, default=0)
-  p.add_argument('--batch_size', type=int, default=0)
-  p.add_argument('--render', type=int, default=8)
-  a = p.parse_args(rest)
-  config = config_lib.load_config(path, overrides)
-  m = run_eval(config, a.checkpoint, a.output, max_images=a.max_images, batch_size=a.batch_size,
-               render=a.render)
-  print(json.dumps({k: v for k, v in m.items() if k != 'summary'}))
-
-
 def prepare_synthetic_data(config, workdir: str | pathlib.Path):
   """Writes the configured synthetic dataset if it is not there yet; returns the config.
 

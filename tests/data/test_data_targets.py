@@ -1,11 +1,15 @@
 """Target generators vs the official `HeatmapGenerator` / `JointsGenerator` (`targets.npz`).
 
-Tolerance: bitwise equality everywhere (README section 8: generator outputs are exact).
+Tolerances: the float64 Gaussian kernel within 1 ulp (numpy's `exp` takes processor-specific
+SIMD paths, 1 ulp apart on 16/225 elements between AVX-512 and AVX2); everything stored as
+float32 or integer bitwise: a 1-ulp float64 difference changes the float32 rounding only at
+an exact tie (about 2^-29 per element), and joint indices are integer arithmetic.
 """
 
 import numpy as np
 import pytest
 
+from numerics import assert_within_ulps
 from higherhrnet_jax.data import targets
 
 
@@ -14,8 +18,11 @@ def fx(fixtures_dir):
   return np.load(fixtures_dir / 'targets.npz')
 
 
-def test_kernel_sigma2_bitwise(fx):
-  np.testing.assert_array_equal(targets.gaussian_kernel(2.0), fx['gaussian_sigma2'])
+def test_kernel_sigma2_within_one_ulp(fx):
+  assert_within_ulps(targets.gaussian_kernel(2.0), fx['gaussian_sigma2'], 1)
+  # The float32 kernel the targets are drawn with is exact (see the module docstring).
+  np.testing.assert_array_equal(targets.gaussian_kernel(2.0).astype(np.float32),
+                                fx['gaussian_sigma2'].astype(np.float32))
 
 
 @pytest.mark.parametrize('res', [128, 256])

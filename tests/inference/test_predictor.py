@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import higherhrnet_jax
+from numerics import assert_close_to_scale
 from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import convert
 from higherhrnet_jax.data.coco import decode_image
@@ -48,14 +49,26 @@ def test_predictor_equals_the_reference_composition(setup):
   np.testing.assert_array_equal(got.poses, poses)
 
 
+# Batched vs one-by-one: XLA:CPU may order the float32 convolution sums differently for
+# another batch size (measured: up to 4.8e-7 on tags and joint scores of order 1 on AVX2,
+# none on AVX-512). Over the tiny network's ~20 layers that is a few ulp of the outputs'
+# scale; 1e-5 of the scale keeps a 20x margin, while a batching bug (another image's maps,
+# padding read as image) moves scores and tags by 1e-2 or more. The discrete decisions, the
+# same people in the same order at the same peaks, stay exact.
+BATCH_REL = 1e-5
+
+
 def test_batches_equal_single_images(setup):
   _, _, predictor, images = setup
   single = [predictor(im) for im in images]
   batched = list(predictor.predict_many(enumerate(images), batch_size=3))
   assert [k for k, _ in batched] == list(range(len(images)))
   for s, (_, b) in zip(single, batched):
-    np.testing.assert_array_equal(s.poses, b.poses)
-    np.testing.assert_array_equal(s.scores, b.scores)
+    assert s.poses.shape == b.poses.shape
+    np.testing.assert_array_equal(s.poses[..., :2], b.poses[..., :2])  # peak locations
+    for col in range(2, s.poses.shape[-1]):  # joint score, then the tag(s)
+      assert_close_to_scale(b.poses[..., col], s.poses[..., col], BATCH_REL)
+    assert_close_to_scale(b.scores, s.scores, BATCH_REL)
 
 
 def test_predictions_lie_in_the_image(setup):

@@ -1,0 +1,36 @@
+"""Evaluates a checkpoint on the configured test split.
+
+  python eval.py --config=configs/coco/higherhrnet_w32_512.py \
+      --checkpoint=pose_higher_hrnet_w32_512.pth --config.dataset.root=data/coco \
+      --output=runs/eval_w32_512
+
+`--checkpoint` is an official `.pth` / `.npz` state dict or an orbax training directory
+(its best checkpoint, else its latest). Writes results.json, metrics.json and a few
+pictures to `--output`, and prints the COCO (or CrowdPose) table with per-stage times.
+`higherhrnet-eval` (installed with the package) is the same program.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from higherhrnet_jax import apps, cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Official .pth/.npz or orbax workdir.')
+_OUTPUT = flags.DEFINE_string('output', 'runs/eval', 'Where results and metrics go.')
+_MAX_IMAGES = flags.DEFINE_integer('max_images', 0, 'Evaluate the first N images only (0: all).')
+_BATCH = flags.DEFINE_integer('batch_size', 0, 'Images per device batch (0: config.test.batch_size).')
+_RENDER = flags.DEFINE_integer('render', 8, 'Pictures with drawn predictions to write.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.run_eval(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value, max_images=_MAX_IMAGES.value,
+               batch_size=_BATCH.value, render=_RENDER.value)
+
+
+def run() -> None:
+  """Console script `higherhrnet-eval`."""
+  apps.run(main, __name__, required=('config', 'checkpoint'))
