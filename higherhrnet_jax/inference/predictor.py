@@ -199,11 +199,14 @@ class Predictor:
       yield from zip(pending[0], self.collect(pending[1]))
 
 
-_CACHE: dict[tuple[int, str], Predictor] = {}
+_CACHE: dict[str, list] = {}  # config JSON -> [Predictor, leaves of its weights]
 
 
 def predict(variables, config, image: np.ndarray) -> Prediction:
-  """One-call prediction for an RGB uint8 image of any size (compiled programs are cached).
+  """One-call prediction for an RGB uint8 image of any size.
+
+  The compiled predictor of the last config is kept; other weights for it are swapped in
+  without recompiling.
 
   Args:
     variables: model variables (`{'params', 'batch_stats'}`).
@@ -213,9 +216,17 @@ def predict(variables, config, image: np.ndarray) -> Prediction:
   Returns:
     :class:`Prediction` with poses in image pixels.
   """
-  key = (id(variables), config.to_json())
-  predictor = _CACHE.get(key)
-  if predictor is None:
+  key = config.to_json()
+  cached = _CACHE.get(key)
+  if cached is None:
     _CACHE.clear()  # keep one compiled predictor (and one copy of the weights) alive
-    predictor = _CACHE[key] = Predictor(config, variables)
+    cached = _CACHE[key] = [Predictor(config, variables), jax.tree.leaves(variables)]
+  predictor, leaves = cached
+  # The compiled programs depend on the config only; the weights are compared by the
+  # identity of their leaves, which the cache holds alive (an id() of a dropped dict can
+  # be reused by a new one). Swapping weights does not recompile.
+  new_leaves = jax.tree.leaves(variables)
+  if len(new_leaves) != len(leaves) or any(a is not b for a, b in zip(new_leaves, leaves)):
+    predictor.set_variables(variables)
+    cached[1] = new_leaves
   return predictor(image)

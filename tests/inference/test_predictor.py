@@ -98,6 +98,24 @@ def test_package_level_predict_and_odd_inputs(setup):
     higherhrnet_jax.predict(variables, config, np.zeros((0, 5, 3), np.uint8))
 
 
+def test_package_level_predict_follows_swapped_weights(setup):
+  """New weights are used even when the new dict reuses a dropped dict's id()."""
+  config, variables, predictor, images = setup
+  expected = predictor(images[1])
+  assert len(expected.scores) > 0
+  silent = lambda: jax.tree.map(np.zeros_like, variables)  # no detections at all
+  copy = lambda: jax.tree.map(lambda a: a, variables)
+  for make, people in ((silent, 0), (copy, len(expected.scores)), (silent, 0), (copy, None)):
+    got = higherhrnet_jax.predict(make(), config, images[1])  # the dict is dropped after
+    assert len(got.scores) == (people if people is not None else len(expected.scores))
+  np.testing.assert_array_equal(got.poses, expected.poses)
+  # The same dict object updated in place (same id()) with other weights.
+  held = copy()
+  assert len(higherhrnet_jax.predict(held, config, images[1]).scores) == len(expected.scores)
+  held.update(silent())
+  assert len(higherhrnet_jax.predict(held, config, images[1]).scores) == 0
+
+
 def test_evaluate_writes_results_metrics_and_pictures(setup, tmp_path):
   config, _, predictor, _ = setup
   metrics = runner.evaluate(predictor, config, out_dir=tmp_path, batch_size=2, render=2)
