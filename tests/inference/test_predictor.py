@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-import higherhrnet_jax
 from numerics import assert_close_to_scale
+import higherhrnet_jax
 from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import convert
 from higherhrnet_jax.data.coco import decode_image
