@@ -1,11 +1,16 @@
 """Augmentation and the whole training sample vs the official pipeline (`train_sample.npz`).
 
 The fixtures give the official random draws; with them every array must match:
-affine matrices and joints after the affine to <= 1e-9, warped images and masks exactly
-(uint8 values recovered through the fixture's `norm_lut`), heatmap / joint targets and
-masks exactly, the normalized image to 1e-5 (it is in fact exact).
+affine matrices and joints after the affine to <= 1e-9, heatmap / joint targets exactly,
+and the warped images and masks (uint8 values recovered through the fixture's `norm_lut`)
+exactly with OpenCV 5.0, whose float32 warp arithmetic the fixtures were made with (README
+of the fixtures). Another OpenCV 5 release rounds a few interpolations differently (5.1:
+43 of 786,432 image values by one grey level): there the bound is one grey level on at most
+0.1% of the values, while a wrong matrix or the fixed-point warp of OpenCV <= 4.10 changes
+about 10% of them by up to 5 levels.
 """
 
+import cv2
 import numpy as np
 import pytest
 
@@ -29,6 +34,20 @@ def _draws(d, p):
   return transforms.AugmentDraws(
       u_scale=float(d[p + 'draw_u_scale']), u_rot=float(d[p + 'draw_u_rot']),
       dx=int(d[p + 'draw_dx']), dy=int(d[p + 'draw_dy']), flip=bool(d[p + 'flipped']))
+
+
+FIXTURE_OPENCV = cv2.__version__.startswith('5.0.')
+MAX_OFF_FRACTION = 1e-3  # of the values, each off by at most one grey level (other OpenCV)
+
+
+def _assert_warp_matches(actual: np.ndarray, expected: np.ndarray) -> None:
+  """Warped uint8 (or 0/1) arrays: exact with the fixtures' OpenCV, else within the bound."""
+  if FIXTURE_OPENCV:
+    np.testing.assert_array_equal(actual, expected)
+    return
+  diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
+  assert actual.shape == expected.shape and diff.max(initial=0) <= 1, diff.max(initial=0)
+  assert np.count_nonzero(diff) <= MAX_OFF_FRACTION * diff.size, np.count_nonzero(diff)
 
 
 def _uint8_from_normalized(lut, image_chw):
@@ -63,11 +82,11 @@ def test_affine_and_warps_match_official(src, cfg, fixtures_dir, fixture):
     np.testing.assert_allclose(par.center, d[p + 'center'], rtol=0, atol=1e-12)
     np.testing.assert_allclose(a['mat_input'], d[p + 'mat_input'], rtol=0, atol=1e-9)
     expected_u8 = _uint8_from_normalized(d['norm_lut'], d[p + 'image'])
-    np.testing.assert_array_equal(a['image'], expected_u8)
+    _assert_warp_matches(a['image'], expected_u8)
     for s, res in enumerate((128, 256)):
       np.testing.assert_allclose(a[f'mat_{s}'], d[p + f'mat_output_{res}'], rtol=0, atol=1e-9)
       np.testing.assert_allclose(a[f'joints_xy_{s}'], d[p + f'joints_xy_{res}'], rtol=0, atol=1e-9)
-      np.testing.assert_array_equal(a[f'mask_{s}'], d[p + f'mask_{res}'])
+      _assert_warp_matches(a[f'mask_{s}'], d[p + f'mask_{res}'])
 
 
 @pytest.mark.parametrize('fixture', FIXTURES)
@@ -80,14 +99,17 @@ def test_make_train_sample_matches_official(src, cfg, fixtures_dir, fixture):
     out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], _draws(d, p),
                                        sample_cfg)
     assert out['image'].shape == (512, 512, 3) and out['image'].dtype == np.float32
-    np.testing.assert_allclose(out['image'].transpose(2, 0, 1), d[p + 'image'], rtol=0, atol=1e-5)
+    lut = d['norm_lut']
+    # Our float32 image must consist of table values too (the normalization is exact).
+    _assert_warp_matches(_uint8_from_normalized(lut, out['image'].transpose(2, 0, 1)),
+                         _uint8_from_normalized(lut, d[p + 'image']))
     for s, res in enumerate((128, 256)):
       assert out[f'heatmaps_{s}'].shape == (res, res, 17)
       assert out[f'heatmaps_{s}'].dtype == np.float32
       np.testing.assert_array_equal(out[f'heatmaps_{s}'].transpose(2, 0, 1),
                                     d[p + f'heatmap_{res}'])
       assert out[f'masks_{s}'].dtype == np.float32
-      np.testing.assert_array_equal(out[f'masks_{s}'], d[p + f'mask_{res}'])
+      _assert_warp_matches(out[f'masks_{s}'], d[p + f'mask_{res}'])
       assert out[f'joints_{s}'].dtype == np.int32
       np.testing.assert_array_equal(out[f'joints_{s}'], d[p + f'joints_{res}'])
 

@@ -50,9 +50,8 @@ def test_predictor_equals_the_reference_composition(setup):
 
 
 # Batched vs one-by-one: XLA:CPU may order the float32 convolution sums differently for
-# another batch size (measured: up to 4.8e-7 on tags and joint scores of order 1 on AVX2,
-# none on AVX-512). Over the tiny network's ~20 layers that is a few ulp of the outputs'
-# scale; 1e-5 of the scale keeps a 20x margin, while a batching bug (another image's maps,
+# another batch size (measured: up to 4.8e-7 on tags and joint scores of order 1 on an
+# AMD EPYC with AVX2; none on an Intel AVX-512 processor): a few ulp of the outputs' scale; 1e-5 of the scale keeps a 20x margin, while a batching bug (another image's maps,
 # padding read as image) moves scores and tags by 1e-2 or more. The discrete decisions, the
 # same people in the same order at the same peaks, stay exact.
 BATCH_REL = 1e-5

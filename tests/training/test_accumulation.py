@@ -57,8 +57,8 @@ def _run(cfg, model, batches_, initial):
 # Bound on |accumulated - full| relative to the leaf's largest update. Each gradient element
 # is a float32 sum over the 8 x (up to) 32 x 32 positions of the batch; the two half sums
 # added in another order differ by about sqrt(n) eps32 |terms| (n ~ 8e3 -> ~1e-5 of the
-# terms, which cancel to a smaller result): measured 1e-5 (AVX-512) to 1.6e-4 (AVX2) of the
-# step. 2e-3 keeps a 12x margin and stays 50x below a wrong half (~0.1 of the step, below).
+# terms, which cancel to a smaller result): measured up to 1.6e-4 of the step (AMD EPYC,
+# AVX2). 2e-3 keeps a 12x margin and stays 50x below a wrong half (~0.1 of the step, below).
 ACCUMULATION_REL = 2e-3
 
 
