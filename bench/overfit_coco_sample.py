@@ -179,14 +179,14 @@ def run(data_dir: pathlib.Path, workdir: pathlib.Path, **kwargs) -> dict:
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags
   absl_logging.set_verbosity(absl_logging.WARNING)
 
-  from higherhrnet_jax import cli
+  from higherhrnet_jax.evaluation import runner
   from higherhrnet_jax.training import loop
 
   t0 = time.perf_counter()
   train_cfg, eval_cfg = make_configs(data_dir, **kwargs)
-  evaluate_fn = cli.make_evaluate_fn(eval_cfg, workdir / 'eval')
-  loop.train(train_cfg, workdir, evaluate_fn=evaluate_fn)
-  metrics = {k: v for k, v in (evaluate_fn.last() or {}).items() if k != 'summary'}
+  evaluator = runner.Evaluator(eval_cfg, workdir / 'eval')
+  loop.train(train_cfg, workdir, evaluate_fn=evaluator.run)
+  metrics = {k: v for k, v in (evaluator.last or {}).items() if k != 'summary'}
   if 'AP' not in metrics:
     raise RuntimeError(f'the evaluation produced no AP (metrics: {metrics})')
   metrics['wall_s'] = time.perf_counter() - t0

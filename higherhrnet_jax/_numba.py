@@ -38,17 +38,21 @@ import numba
 from numba.core import caching
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent
-# Every module that compiles with `njit` below (and this one): the cache key.
-_SOURCES = ('_numba.py', 'data/targets.py', 'data/transforms.py',
-            'inference/grouping_host.py', 'inference/munkres.py')
+
+
+def compiled_modules(package: pathlib.Path = _PACKAGE) -> list[pathlib.Path]:
+  """This module and every module of `package` that compiles with it (the cache key)."""
+  return sorted(p for p in package.rglob('*.py')
+                if p.name == '_numba.py' and p.parent == package
+                or 'higherhrnet_jax._numba import' in p.read_text())
 
 
 def source_digest(package: pathlib.Path = _PACKAGE) -> str:
   """Hash of the numba version and of every compiled module under `package`."""
   digest = hashlib.sha1(numba.__version__.encode())
-  for name in _SOURCES:
-    digest.update(name.encode())
-    digest.update((package / name).read_bytes())
+  for path in compiled_modules(package):
+    digest.update(path.relative_to(package).as_posix().encode())
+    digest.update(path.read_bytes())
   return digest.hexdigest()[:16]
 
 

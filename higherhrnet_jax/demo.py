@@ -17,7 +17,7 @@ import sys
 import cv2
 import numpy as np
 
-from higherhrnet_jax import cli, config as config_lib, keypoints, visualize
+from higherhrnet_jax import cli, config as config_lib, keypoints, visualize, weights
 from higherhrnet_jax.data.coco import CorruptImageError, decode_image
 from higherhrnet_jax.inference.predictor import Prediction, Predictor
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--score_threshold', type=float, default=0.1)
   a = p.parse_args(rest)
   config = config_lib.load_config(path, overrides)
-  predictor = Predictor(config, cli.load_variables(a.checkpoint, config))
+  predictor = Predictor(config, weights.load(a.checkpoint, config.model))
   spec = keypoints.spec_from_config(config.dataset.keypoints)
   src, out = pathlib.Path(a.input), pathlib.Path(a.output)
   out.mkdir(parents=True, exist_ok=True)

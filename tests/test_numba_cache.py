@@ -1,6 +1,7 @@
 """The numba cache is keyed by the compiled modules' sources, so it cannot go stale."""
 
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -16,12 +17,18 @@ def test_compiled_functions_cache_under_the_keyed_directory():
     assert fn._cache._cache_path.startswith(_numba.cache_dir() + os.sep), fn._cache._cache_path
 
 
+def test_every_compiling_module_is_in_the_key():
+  names = {p.relative_to(_numba._PACKAGE).as_posix() for p in _numba.compiled_modules()}
+  assert {'_numba.py', 'data/targets.py', 'inference/grouping_host.py',
+          'inference/munkres.py'} <= names, names
+  for fn in (munkres.munkres_pairs, grouping_host.parse_host):  # found by what they import
+    assert pathlib.Path(fn.py_func.__code__.co_filename).resolve() in _numba.compiled_modules()
+
+
 def test_digest_changes_when_a_callee_module_changes(tmp_path):
   # The case numba's own check misses: only the callee's file (munkres.py) changes.
   package = tmp_path / 'pkg'
-  for name in _numba._SOURCES:
-    (package / name).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(_numba._PACKAGE / name, package / name)
+  shutil.copytree(_numba._PACKAGE, package, ignore=shutil.ignore_patterns('__pycache__'))
   before = _numba.source_digest(package)
   assert before == _numba.source_digest()
   with open(package / 'inference' / 'munkres.py', 'a') as f:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pathlib
 import zlib
 from collections.abc import Sequence
@@ -29,7 +30,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import keypoints
+
+_log = logging.getLogger(__name__)
 
 _SPEC = keypoints.COCO
 K = _SPEC.num_joints
@@ -321,6 +325,28 @@ def write_synthetic_coco(root: str | pathlib.Path, num_images: int, seed: int = 
   path = root / 'annotations' / f'person_keypoints_{split}.json'
   path.write_text(json.dumps(payload))
   return path
+
+
+
+def prepare(config, workdir: str | pathlib.Path):
+  """Writes the configured synthetic dataset if it is not there yet; returns the config.
+
+  With `dataset.synthetic.num_train > 0` the scenes go to `dataset.root`, or to
+  `<workdir>/data` when the root is empty (the returned config then points there).
+  """
+  syn = config.dataset.synthetic
+  if syn.num_train <= 0:
+    return config
+  root = pathlib.Path(config.dataset.root or pathlib.Path(workdir) / 'data')
+  if config.dataset.root != str(root):
+    config = config_lib.apply_overrides(config.copy_and_resolve_references(),
+                                        [f'dataset.root={root}'])
+  for split, n in ((config.dataset.train_split, syn.num_train), (config.dataset.test_split, syn.num_val)):
+    ann = root / 'annotations' / f'person_keypoints_{split}.json'
+    if n > 0 and not ann.is_file():
+      _log.info('writing %d synthetic scenes to %s', n, root / 'images' / split)
+      write_synthetic_coco(root, n, syn.seed, image_size=syn.image_size, split=split)
+  return config
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -113,6 +113,32 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
   return metrics
 
 
+class Evaluator:
+  """The evaluation of a model under training: one compiled predictor, new weights each run.
+
+  `run(variables)` gives the numeric metrics (what the trainer logs and ranks checkpoints
+  by); `last` holds the full metrics of the last run, or None if it failed or none ran.
+  """
+
+  def __init__(self, config, out_dir: str | pathlib.Path | None = None):
+    self.config = config
+    self.out_dir = out_dir
+    self.source = coco_data.source_from_config(config, train=False)  # fails early if missing
+    self.last: dict[str, Any] | None = None
+    self._predictor: Predictor | None = None
+
+  def run(self, variables) -> dict[str, float]:
+    self.last = None  # a failed run must not leave an earlier one as the result
+    if self._predictor is None:
+      self._predictor = Predictor(self.config, variables)
+    else:
+      self._predictor.set_variables(variables)
+    t = self.config.train
+    self.last = evaluate(self._predictor, self.config, source=self.source, out_dir=self.out_dir,
+                         max_images=int(t.eval_max_images), render=int(t.render_predictions))
+    return {k: v for k, v in self.last.items() if isinstance(v, (int, float))}
+
+
 def _keep_first(stream, n: int, store: dict):
   for image_id, image in stream:
     if len(store) < n:

@@ -133,20 +133,13 @@ def maybe_initialize_distributed() -> None:
 
 def _initial_variables(config: ml_collections.ConfigDict, state: state_lib.TrainState) -> dict | None:
   """Pretrained variables from `config.model.pretrained`, or None (official random init)."""
-  path = config.model.pretrained
-  if not path:
+  if not config.model.pretrained:
     return None
-  from higherhrnet_jax import convert  # pylint: disable=g-import-not-at-top
+  from higherhrnet_jax import weights  # pylint: disable=g-import-not-at-top
 
-  weights = convert.read_state_dict(path)
-  if convert.is_pose_checkpoint(weights):
-    log.info('initialising from the full HigherHRNet checkpoint %s', path)
-    return convert.load_official(weights, config.model)
-  current = {'params': state.params, 'batch_stats': state.batch_stats}
-  variables, report = convert.load_imagenet_backbone(
-      weights, jax.device_get(current), layers=tuple(config.model.pretrained_layers))
-  log.info('initialising the backbone from %s: %s', path, report)
-  return variables
+  current = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  return weights.load(config.model.pretrained, config.model, init=current,
+                      backbone_layers=config.model.pretrained_layers)
 
 
 class _TermFlag:
