@@ -274,21 +274,29 @@ def train(
   progress.start(step)
   term = _TermFlag()
   try:
+    checked = step  # losses up to here were finite
     while step < total_steps:
       batch = sharding_lib.global_batch(device_batch(next(data_iter)), mesh)
       state, metrics = train_step(state, batch, step_lib.step_rng(state.rng, step))
       step += 1
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(metrics['loss']):
-        ckpt.wait()
-        good = max(ckpt.all_steps(), default=None)
-        raise NonFiniteLossError(
-            f'non-finite loss {metrics["loss"]} at step {step} (terms: {metrics}); training '
-            f'stopped. Last good checkpoint: '
-            + (f'step {good} in {ckpt.workdir / "checkpoints"}' if good is not None else 'none'))
+      is_log_step = step % t.log_every_steps == 0 or step == total_steps
+      # Metrics reach the host (a sync that stalls dispatch on accelerators) only when they
+      # are logged, before a save, and when hooks ask for every step. A non-finite loss
+      # makes the parameters non-finite, so the check at the next of those steps sees it.
+      if is_log_step or ckpt.should_save(step) or step == total_steps or step_hooks:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(metrics['loss']):
+          ckpt.wait()
+          good = max(ckpt.all_steps(), default=None)
+          where = f'at step {step}' if step == checked + 1 else f'within steps {checked + 1}-{step}'
+          raise NonFiniteLossError(
+              f'non-finite loss {metrics["loss"]} {where} (terms: {metrics}); training '
+              f'stopped. Last good checkpoint: '
+              + (f'step {good} in {ckpt.workdir / "checkpoints"}' if good is not None else 'none'))
+        checked = step
       for hook in step_hooks:
         hook(step, metrics)
-      if step % t.log_every_steps == 0 or step == total_steps:
+      if is_log_step:
         speed = progress.update(step)
         log.info(progress.line(step, step / steps_per_epoch, metrics, speed))
         writer.scalars(step, {**metrics, **{k: v for k, v in speed.items() if k != 'eta_s'}})

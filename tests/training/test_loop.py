@@ -95,6 +95,14 @@ def test_non_finite_loss_stops_naming_step_and_keeps_last_good_checkpoint(repo, 
   assert ckpt_lib.Checkpointer(tmp_path).all_steps() == [2, 4]
 
 
+def test_non_finite_loss_between_log_steps_names_the_window(repo, tmp_path):
+  """Losses reach the host at log steps only (no hooks): a NaN at step 7 shows at step 10."""
+  cfg = _config(repo, 'train.num_steps=20')  # log every 5 steps, no periodic saves
+  data_fn = lambda c, b: (_NanAfter(c, b, 6), 1024)
+  with pytest.raises(loop.NonFiniteLossError, match=r'within steps 6-10 .*checkpoint: none'):
+    loop.train(cfg, tmp_path, model=tiny_standin.build(cfg.model), data_fn=data_fn)
+
+
 def test_eval_every_epoch_selects_best_checkpoint(repo, tmp_path):
   cfg = _config(repo, 'train.num_steps=8', 'train.eval_every_epochs=1')
   aps = iter([0.1, 0.4, 0.3, 0.2])
