@@ -28,11 +28,9 @@ import numpy as np
 
 from higherhrnet_jax._numba import njit
 from higherhrnet_jax import keypoints
-from higherhrnet_jax.data import targets
+from higherhrnet_jax.data import normalization, targets
 
 # ImageNet RGB statistics of torchvision's Normalize, as float32 like the official tensors.
-MEAN = np.asarray((0.485, 0.456, 0.406), np.float32)
-STD = np.asarray((0.229, 0.224, 0.225), np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,22 +202,7 @@ def warp_mask(mask: np.ndarray, mat: np.ndarray, size: int) -> np.ndarray:
   return (warp(m8, mat, size) >= 128).astype(np.float32)
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-  """ToTensor + Normalize in float32, as torchvision: `(v / 255 - mean) / std`, HWC."""
-  x = image.astype(np.float32)
-  x /= np.float32(255)
-  x -= MEAN
-  x /= STD
-  return x
-
-
-def normalization_lut() -> np.ndarray:
-  """`[3, 256]` float32: the normalized value of every uint8 level per channel."""
-  levels = np.arange(256, dtype=np.uint8)
-  return normalize(np.repeat(levels[:, None], 3, axis=1)[None])[0].T.copy()
-
-
-_LUT = normalization_lut()
+_LUT = normalization.table()
 
 
 @njit(nogil=True)

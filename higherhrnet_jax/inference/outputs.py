@@ -32,27 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from higherhrnet_jax import keypoints
-
-# ImageNet RGB statistics of the official ToTensor + Normalize.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-def normalization_table() -> np.ndarray:
-  """[3, 256] float32: the normalized value of every uint8 level per RGB channel.
-
-  Evaluated in float32 in the torchvision order (`x / 255`, then `(x - mean) / std`);
-  a table lookup keeps the device result bit-identical to it.
-  """
-  levels = np.arange(256, dtype=np.float32) / np.float32(255)
-  mean = np.asarray(MEAN, np.float32)[:, None]
-  std = np.asarray(STD, np.float32)[:, None]
-  return ((levels[None, :] - mean) / std).astype(np.float32)
-
+from higherhrnet_jax.data import normalization
 
 def normalize(images: jax.Array) -> jax.Array:
   """uint8 RGB [..., 3] -> float32 network input (ImageNet mean/std), exactly as torchvision."""
-  table = jnp.asarray(normalization_table())
+  table = jnp.asarray(normalization.table())
   idx = images.astype(jnp.int32)
   return jnp.stack([table[c][idx[..., c]] for c in range(3)], axis=-1)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from higherhrnet_jax import config as config_lib
-from higherhrnet_jax.data import coco, transforms
+from higherhrnet_jax.data import coco, normalization, transforms
 
 FIXTURES = ['train_sample.npz', 'more/train_sample.npz']
 
@@ -62,7 +62,7 @@ def _uint8_from_normalized(lut, image_chw):
 
 def test_normalization_table_matches_official(fixtures_dir):
   lut = np.load(fixtures_dir / 'train_sample.npz')['norm_lut']
-  np.testing.assert_array_equal(transforms.normalization_lut(), lut)
+  np.testing.assert_array_equal(normalization.table(), lut)
 
 
 @pytest.mark.parametrize('fixture', FIXTURES)

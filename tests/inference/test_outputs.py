@@ -14,6 +14,7 @@ import pytest
 
 from higherhrnet_jax import keypoints
 from higherhrnet_jax.config import base_config
+from higherhrnet_jax.data import normalization
 from higherhrnet_jax.inference import outputs as O
 from higherhrnet_jax.inference import transforms as T
 
@@ -123,7 +124,7 @@ def test_flip_width_within_valid_region():
 
 def test_normalization_table_matches_official(fixtures_dir):
   lut = np.load(fixtures_dir / 'train_sample.npz')['norm_lut']
-  np.testing.assert_array_equal(O.normalization_table(), lut)
+  np.testing.assert_array_equal(normalization.table(), lut)
 
 
 def test_spec_from_config():
