@@ -275,34 +275,45 @@ def train(
   term = _TermFlag()
   try:
     checked = step  # losses up to here were finite
+
+    def host_metrics(metrics) -> dict[str, float]:
+      """Fetches the step's metrics and stops on a non-finite loss since the last fetch."""
+      nonlocal checked
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics['loss']):
+        ckpt.wait()
+        good = max(ckpt.all_steps(), default=None)
+        where = f'at step {step}' if step == checked + 1 else f'within steps {checked + 1}-{step}'
+        raise NonFiniteLossError(
+            f'non-finite loss {metrics["loss"]} {where} (terms: {metrics}); training '
+            f'stopped. Last good checkpoint: '
+            + (f'step {good} in {ckpt.workdir / "checkpoints"}' if good is not None else 'none'))
+      checked = step
+      return metrics
+
     while step < total_steps:
       batch = sharding_lib.global_batch(device_batch(next(data_iter)), mesh)
       state, metrics = train_step(state, batch, step_lib.step_rng(state.rng, step))
       step += 1
       is_log_step = step % t.log_every_steps == 0 or step == total_steps
+      is_eval_step = evaluate_fn is not None and (
+          (eval_every and step % eval_every == 0) or step == total_steps)
+      saves = ckpt.should_save(step) or step == total_steps  # the last step before its eval
+      preempted = term.is_set() or ckpt.reached_preemption(step)
       # Metrics reach the host (a sync that stalls dispatch on accelerators) only when they
-      # are logged, before a save, and when hooks ask for every step. A non-finite loss
-      # makes the parameters non-finite, so the check at the next of those steps sees it.
-      if is_log_step or ckpt.should_save(step) or step == total_steps or step_hooks:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(metrics['loss']):
-          ckpt.wait()
-          good = max(ckpt.all_steps(), default=None)
-          where = f'at step {step}' if step == checked + 1 else f'within steps {checked + 1}-{step}'
-          raise NonFiniteLossError(
-              f'non-finite loss {metrics["loss"]} {where} (terms: {metrics}); training '
-              f'stopped. Last good checkpoint: '
-              + (f'step {good} in {ckpt.workdir / "checkpoints"}' if good is not None else 'none'))
-        checked = step
+      # are logged, before a save or an evaluation, and when hooks ask for every step. A
+      # non-finite loss makes the parameters non-finite, so the next fetch sees it.
+      if is_log_step or saves or is_eval_step or preempted or step_hooks:
+        metrics = host_metrics(metrics)
       for hook in step_hooks:
         hook(step, metrics)
       if is_log_step:
         speed = progress.update(step)
         log.info(progress.line(step, step / steps_per_epoch, metrics, speed))
         writer.scalars(step, {**metrics, **{k: v for k, v in speed.items() if k != 'eta_s'}})
-      if ckpt.should_save(step) or step == total_steps:  # the last step before its evaluation
+      if saves or preempted:
         ckpt.save(step, state, data_iter.get_state())
-      if evaluate_fn is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
+      if is_eval_step:
         results = _evaluate(evaluate_fn, state, step, workdir)
         if results is not None:
           numbers = {k: float(v) for k, v in results.items()
@@ -311,10 +322,9 @@ def train(
                    json.dumps({k: round(v, 4) for k, v in numbers.items()}))
           writer.scalars(step, numbers, prefix='eval')
           ckpt.save_best(step, state, data_iter.get_state(), results)
-      if term.is_set() or ckpt.reached_preemption(step):
-        log.warning('preemption signal: saving step %d and stopping; rerun to resume', step)
+      if preempted:
+        log.warning('preemption signal: saved step %d, stopping; rerun to resume', step)
         break
-    ckpt.save(step, state, data_iter.get_state())
   finally:
     term.restore()
     ckpt.close()
