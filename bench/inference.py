@@ -157,14 +157,14 @@ def _use_oracle_outputs(predictor, inputs, people):
     flips = oracle.batch_outputs([oracle.render_outputs(inp, kp, spec, size, flipped=True)],
                                  bucket, spec) if spec.flip_test else None
     rendered.append((outs, flips))
-  network = predictor._network
+  network = predictor.network
   current = [None]
 
   def oracle_network(variables, images, input_hw):
     jax.block_until_ready(network(variables, images, input_hw))
     return current[0]
 
-  predictor._network = oracle_network
+  predictor.network = oracle_network
   return lambda i: current.__setitem__(0, rendered[i])
 
 

@@ -75,7 +75,9 @@ class Predictor:
     self._batch_sharding = NamedSharding(self.mesh, P('data'))
     self.set_variables(variables)
     apply_fn = lambda v, x: self.model.apply(v, x, train=False)
-    self._network = jax.jit(functools.partial(outputs_lib.network_outputs, apply_fn, self.spec))
+    # `network(variables, images, input_hw) -> (outputs, flipped outputs)`; replaceable, e.g.
+    # by a benchmark that feeds ready-made outputs through the rest of the test loop.
+    self.network = jax.jit(functools.partial(outputs_lib.network_outputs, apply_fn, self.spec))
     self._aggregate = jax.jit(functools.partial(outputs_lib.aggregate_outputs, self.spec),
                               static_argnames=('input_shapes', 'base_shape'))
     t = config.test
@@ -118,7 +120,7 @@ class Predictor:
     input_hw = tuple(put(a) for a in bucket['input_hw'])
     base_hw = put(bucket['base_hw'])
     t0 = time.perf_counter()
-    outs, flips = self._network(self.variables, images, input_hw)
+    outs, flips = self.network(self.variables, images, input_hw)
     if profile:
       jax.block_until_ready(outs)
       t1 = time.perf_counter()
