@@ -1,7 +1,9 @@
 """Configuration: the base HigherHRNet config, loading with overrides, validation.
 
 Every field of the official experiment files (``experiments/coco/higher_hrnet/*.yaml``
-merged over the official defaults) has one home here. Experiment files in ``configs/``
+merged over the official defaults) that the code uses has one home here; official fields
+with no effect here (``DATA_FORMAT``, ``GAMMA1/2``, ``IMAGES_PER_GPU``, ``MODEL_FILE``,
+``LOG_PROGRESS``) are not accepted, so setting one is an error rather than a silent no-op. Experiment files in ``configs/``
 start from :func:`base_config` and override a few fields, so they stay short data files.
 """
 
@@ -59,7 +61,6 @@ def base_config() -> ConfigDict:
           root='data/coco',
           train_split='train2017',
           test_split='val2017',
-          data_format='jpg',
           # Optional explicit paths (override the official layout under `root`).
           train_annotations='',
           train_images='',
@@ -158,8 +159,6 @@ def base_config() -> ConfigDict:
           momentum=0.9,
           nesterov=False,
           wd=1e-4,  # SGD only, as the official trainer (Adam ignores it there)
-          gamma1=0.99,
-          gamma2=0.0,
           grad_clip_norm=0.0,  # 0 disables
           grad_accum_steps=1,
           shard_params=False,  # FSDP-style sharding of params/optimizer over 'data'
@@ -178,8 +177,6 @@ def base_config() -> ConfigDict:
           flip_test=True,
           adjust=True,
           refine=True,
-          images_per_gpu=1,
-          model_file='',
           scale_factor=(1.0,),
           detection_threshold=0.1,
           tag_threshold=1.0,
@@ -192,7 +189,6 @@ def base_config() -> ConfigDict:
           nms_padding=2,
           oks_nms=False,
           rescore=False,
-          log_progress=True,
           batch_size=1,
           shape_bucket=64,  # inputs padded to multiples of this to limit recompiles
       )

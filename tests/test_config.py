@@ -1,4 +1,5 @@
 import pathlib
+import re
 
 import pytest
 
@@ -30,6 +31,30 @@ def test_overrides_are_typed_and_unknown_keys_are_named():
   assert c.train.lr == 2e-3 and tuple(c.test.scale_factor) == (2, 1, 0.5)
   with pytest.raises(cfg.ConfigError, match='train.bogus'):
     cfg.load_config('configs/tiny.py', ['train.bogus=1'])
+
+
+def _leaf_paths(d, prefix=''):
+  for k, v in d.items():
+    if isinstance(v, dict) and k != 'keypoints':  # the keypoint spec is data, read whole
+      yield from _leaf_paths(v, f'{prefix}{k}.')
+    else:
+      yield prefix + k
+
+
+def test_every_field_is_read_somewhere():
+  """A field nothing reads would accept a setting and silently ignore it."""
+  package = pathlib.Path(cfg.__file__).parent
+  source = '\n'.join(p.read_text() for p in package.rglob('*.py'))
+  unread = [path for path in _leaf_paths(cfg.base_config().to_dict())
+            if not re.search(r"\.{0}\b|\[['\"]{0}['\"]\]".format(path.split('.')[-1]), source)]
+  assert not unread, unread
+
+
+@pytest.mark.parametrize('field', ['dataset.data_format', 'train.gamma1', 'train.gamma2',
+                                   'test.images_per_gpu', 'test.model_file', 'test.log_progress'])
+def test_official_fields_without_effect_are_refused(field):
+  with pytest.raises(cfg.ConfigError, match=field):
+    cfg.load_config('configs/tiny.py', [f'{field}=1'])
 
 
 def test_validation_names_the_field():
