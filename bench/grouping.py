@@ -176,10 +176,10 @@ def _time_ms(fn, *args) -> float:
   return (time.perf_counter() - t0) * 1e3
 
 
-def _split_parse(fn, det, tag, config):
+def _split_parse(fn, det, tag, spec):
   """The device-split path: jitted `nms_top_k`, then `parse_top_k` on the host."""
   val_k, loc_k, tag_k = (np.asarray(a) for a in fn(det, tag))
-  return grouping.parse_top_k(val_k, loc_k, tag_k, det, tag, config)
+  return grouping.parse_top_k(val_k, loc_k, tag_k, det, tag, spec)
 
 
 def main() -> None:
@@ -191,6 +191,7 @@ def main() -> None:
   args = ap.parse_args()
 
   config = base_config()
+  spec = grouping.GroupingSpec.from_config(config)
   scenes = _load_scenes(args.fixtures)
   t = config.test
   split_fn = jax.jit(functools.partial(grouping.nms_top_k, kernel=t.nms_kernel,
@@ -199,9 +200,9 @@ def main() -> None:
   # Warm-up (numba cache load or compile, one XLA program per map shape) and the
   # identical-output check.
   for i, (det, tag) in enumerate(scenes):
-    ours = grouping.parse(det, tag, config)
+    ours = grouping.parse(det, tag, spec)
     base = baseline_parse(det, tag, config)
-    split = _split_parse(split_fn, det, tag, config)
+    split = _split_parse(split_fn, det, tag, spec)
     for name, other in (('baseline', base), ('nms_top_k + parse_top_k', split)):
       if not (np.array_equal(ours[0], other[0]) and np.array_equal(ours[1], other[1])):
         raise SystemExit(f'scene {i}: parse and {name} disagree; not timing')
@@ -210,10 +211,10 @@ def main() -> None:
   for i, (det, tag) in enumerate(scenes):
     times = {'ours': [], 'base': [], 'split': []}
     for _ in range(args.repeats):  # interleaved, so load changes hit all methods alike
-      times['ours'].append(_time_ms(grouping.parse, det, tag, config))
+      times['ours'].append(_time_ms(grouping.parse, det, tag, spec))
       times['base'].append(_time_ms(baseline_parse, det, tag, config))
       times['split'].append(_time_ms(_split_parse, split_fn, det, tag, config))
-    people = grouping.parse(det, tag, config)[0].shape[0]
+    people = grouping.parse(det, tag, spec)[0].shape[0]
     rows.append((i, det.shape[:2], people, {k: (statistics.median(v), min(v))
                                             for k, v in times.items()}))
 
@@ -239,11 +240,11 @@ def main() -> None:
   extra = {}
   if args.large:
     det, tag = _large_scene(scenes)
-    ours = grouping.parse(det, tag, config)
+    ours = grouping.parse(det, tag, spec)
     base = baseline_parse(det, tag, config)
     if not (np.array_equal(ours[0], base[0]) and np.array_equal(ours[1], base[1])):
       raise SystemExit('large case: parse and the baseline disagree')
-    o = min(_time_ms(grouping.parse, det, tag, config) for _ in range(3))
+    o = min(_time_ms(grouping.parse, det, tag, spec) for _ in range(3))
     b = _time_ms(baseline_parse, det, tag, config)
     print(f'large 512x832, {ours[0].shape[0]} people (identical output): parse {o:.1f} ms '
           f'(best of 3), baseline {b:.1f} ms (one run), {b / o:.1f}x')

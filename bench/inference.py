@@ -207,6 +207,7 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
   samples = {k: [[] for _ in inputs] for k in STAGES}
   maps, checks, warmup_s = [], [], 0.0
   thr = float(config.test.detection_threshold)
+  spec = grouping.GroupingSpec.from_config(config)
   for i, (name, inp) in enumerate(zip(names, inputs)):
     t0 = time.perf_counter()
     flight, _, _ = pipeline(i)
@@ -214,8 +215,8 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
     top_k_stage = 'grouping' if flight.top_k is None else 'aggregation'
     final, tags, (val_k, loc_k, tag_k) = _maps(flight, top_k_fn)
     maps.append((final, tags))
-    piped = grouping.parse_top_k(val_k, loc_k, tag_k, final, tags, config)
-    parsed = grouping.parse(final, tags, config)
+    piped = grouping.parse_top_k(val_k, loc_k, tag_k, final, tags, spec)
+    parsed = grouping.parse(final, tags, spec)
     ok = _same(piped, parsed)
     if i < baseline_images:
       t0 = time.perf_counter()
@@ -241,7 +242,7 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
       if i < baseline_images and r < baseline_repeats - 1:
         samples['baseline_grouping'][i].append(
             _timed(_baseline.baseline_parse, final, tags, config))
-      samples['parse'][i].append(_timed(grouping.parse, final, tags, config))
+      samples['parse'][i].append(_timed(grouping.parse, final, tags, spec))
 
   med = {k: [statistics.median(v) if v else None for v in samples[k]] for k in STAGES}
   mean_ms = {k: _ms(statistics.fmean(v for v in med[k] if v is not None)) for k in STAGES}

@@ -20,6 +20,7 @@ pairwise mean. Coordinates are heatmap pixels (x = column, y = row).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 
@@ -64,7 +65,9 @@ def nms(heatmaps: jax.Array, *, kernel: int = 5, padding: int = 2) -> jax.Array:
   Returns:
     heatmaps with every value that is not the maximum of its window set to 0.
   """
-  _check_nms(kernel, padding)
+  if 2 * padding + 1 != kernel:
+    raise ValueError(f'nms: kernel {kernel} and padding {padding} change the map size; '
+                     'need kernel == 2 * padding + 1')
   if heatmaps.ndim == 4:
     return jax.vmap(functools.partial(nms, kernel=kernel, padding=padding))(heatmaps)
   pooled = _max_pool_same(heatmaps, kernel, padding)
@@ -167,12 +170,6 @@ def _check_maps(heatmaps: np.ndarray, tags: np.ndarray, num_joints: int) -> tupl
   return heatmaps, tags
 
 
-def _check_nms(kernel: int, padding: int) -> None:
-  if 2 * padding + 1 != kernel:
-    raise ValueError(f'test.nms_kernel={kernel} and test.nms_padding={padding} change the map '
-                     'size; need nms_kernel == 2 * nms_padding + 1')
-
-
 def _checked(poses: np.ndarray, scores: np.ndarray,
              status: int) -> tuple[np.ndarray, np.ndarray]:
   if status != host.OK:
@@ -180,21 +177,48 @@ def _checked(poses: np.ndarray, scores: np.ndarray,
   return poses, scores
 
 
-def _params(config) -> dict:
-  t = config.test
-  return dict(
-      joint_order=np.asarray(config.dataset.keypoints.joint_order, np.int64),
-      detection_threshold=float(t.detection_threshold),
-      tag_threshold=float(t.tag_threshold),
-      use_detection_val=bool(t.use_detection_val),
-      ignore_too_much=bool(t.ignore_too_much),
-      max_num_people=int(config.data.max_num_people),
-  )
+@dataclasses.dataclass(frozen=True)
+class GroupingSpec:
+  """The grouping settings, read from the config once (not for every image).
+
+  `joint_order` is the official matching order of the joints (`dataset.keypoints`); the
+  thresholds and NMS window are `test.*`, `max_num_people` is `data.max_num_people`.
+  """
+
+  joint_order: tuple[int, ...]
+  detection_threshold: float
+  tag_threshold: float
+  use_detection_val: bool
+  ignore_too_much: bool
+  max_num_people: int
+  nms_kernel: int = 5
+  nms_padding: int = 2
+
+  def __post_init__(self):
+    if 2 * self.nms_padding + 1 != self.nms_kernel:
+      raise ValueError(f'test.nms_kernel={self.nms_kernel} and test.nms_padding='
+                       f'{self.nms_padding} change the map size; need nms_kernel == '
+                       '2 * nms_padding + 1')
+
+  @classmethod
+  def from_config(cls, config) -> GroupingSpec:
+    t = config.test
+    return cls(joint_order=tuple(int(j) for j in config.dataset.keypoints.joint_order),
+               detection_threshold=float(t.detection_threshold),
+               tag_threshold=float(t.tag_threshold),
+               use_detection_val=bool(t.use_detection_val),
+               ignore_too_much=bool(t.ignore_too_much),
+               max_num_people=int(config.data.max_num_people),
+               nms_kernel=int(t.nms_kernel), nms_padding=int(t.nms_padding))
+
+  @functools.cached_property
+  def joint_order_array(self) -> np.ndarray:
+    return np.asarray(self.joint_order, np.int64)
 
 
 def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
-                heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
-                refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                heatmaps: np.ndarray, tags: np.ndarray, spec: GroupingSpec,
+                adjust: bool = True, refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Host half of `parse`, for callers that ran `nms_top_k` on device themselves.
 
   Args:
@@ -203,15 +227,14 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
     tag_k: [K, M, T] float32 tags at those locations.
     heatmaps: [H, W, K] float32 unsuppressed heatmaps (adjust and refine read them).
     tags: [H, W, K, T] float32 tag maps (refine reads them).
-    config: full config (see `parse`).
+    spec: `GroupingSpec.from_config(config)`.
     adjust: official quarter-pixel adjustment.
     refine: official filling of missing joints.
 
   Returns:
     poses [P, K, 3+T] float32 and scores [P] float32, as `parse`.
   """
-  p = _params(config)
-  nj = len(p['joint_order'])
+  nj = len(spec.joint_order)
   heatmaps, tags = _check_maps(heatmaps, tags, nj)
   h, w, _ = heatmaps.shape
   val_k = np.ascontiguousarray(val_k, np.float32)
@@ -225,7 +248,7 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
     raise ValueError('grouping.parse_top_k: top-k values or tags contain NaN or inf')
   # Only candidates above the detection threshold are ever read; the others may point
   # anywhere (e.g. into the padding of a batch computed on larger maps).
-  used = loc_k[val_k.astype(np.float64) > p['detection_threshold']]
+  used = loc_k[val_k.astype(np.float64) > spec.detection_threshold]
   if used.size and not ((used >= 0).all() and (used[:, 0] < w).all()
                         and (used[:, 1] < h).all()):
     raise ValueError(f'grouping.parse_top_k: candidates above detection_threshold lie '
@@ -237,21 +260,21 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
     dslabs = np.zeros((nj, 0), np.float32)
   tbuf = _workspace('tags', tags.size if refine else 0)
   poses, scores, status = host.group(val_k, loc_k, tag_k, heatmaps, tags, dslabs, tbuf,
-                                     p['joint_order'], p['detection_threshold'],
-                                     p['tag_threshold'], p['use_detection_val'],
-                                     p['ignore_too_much'], p['max_num_people'], bool(adjust),
+                                     spec.joint_order_array, spec.detection_threshold,
+                                     spec.tag_threshold, spec.use_detection_val,
+                                     spec.ignore_too_much, spec.max_num_people, bool(adjust),
                                      bool(refine), PARALLEL_REFINE_MIN_WORK)
   return _checked(poses, scores, status)
 
 
-def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
+def parse(heatmaps: np.ndarray, tags: np.ndarray, spec: GroupingSpec, adjust: bool = True,
           refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Groups detections into people, as the official `HeatmapParser.parse`.
 
   Args:
     heatmaps: [H, W, K] float32 (aggregated) heatmaps of one image.
     tags: [H, W, K, T] float32 tag maps (T = 2 with flip test: original, flipped).
-    config: full ConfigDict; uses `test.{detection_threshold, tag_threshold,
+    spec: `GroupingSpec.from_config(config)`: `test.{detection_threshold, tag_threshold,
       use_detection_val, ignore_too_much, nms_kernel, nms_padding}`,
       `data.max_num_people` and `dataset.keypoints.joint_order`.
     adjust: move each joint a quarter pixel towards its higher neighbour.
@@ -268,15 +291,13 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, config, adjust: bool = True,
   Other float dtypes are cast to float32. Safe to call from several threads (scratch
   buffers are per thread and kept between calls: about 4 * H * W * K * (1 + T) bytes).
   """
-  p = _params(config)
-  heatmaps, tags = _check_maps(heatmaps, tags, len(p['joint_order']))
-  kernel, padding = int(config.test.nms_kernel), int(config.test.nms_padding)
-  _check_nms(kernel, padding)
+  heatmaps, tags = _check_maps(heatmaps, tags, len(spec.joint_order))
   dbuf = _workspace('det', heatmaps.size)
   tbuf = _workspace('tags', tags.size if refine else 0)
-  poses, scores, status = host.parse_host(heatmaps, tags, dbuf, tbuf, p['joint_order'],
-                                          p['detection_threshold'], p['tag_threshold'],
-                                          p['use_detection_val'], p['ignore_too_much'],
-                                          p['max_num_people'], kernel, padding, bool(adjust),
-                                          bool(refine), PARALLEL_REFINE_MIN_WORK)
+  poses, scores, status = host.parse_host(heatmaps, tags, dbuf, tbuf, spec.joint_order_array,
+                                          spec.detection_threshold, spec.tag_threshold,
+                                          spec.use_detection_val, spec.ignore_too_much,
+                                          spec.max_num_people, spec.nms_kernel,
+                                          spec.nms_padding, bool(adjust), bool(refine),
+                                          PARALLEL_REFINE_MIN_WORK)
   return _checked(poses, scores, status)

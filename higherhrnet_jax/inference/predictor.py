@@ -85,6 +85,7 @@ class Predictor:
     self._top_k = jax.jit(functools.partial(
         grouping.nms_top_k, kernel=int(t.nms_kernel), padding=int(t.nms_padding),
         k=int(config.data.max_num_people)))
+    self.grouping = grouping.GroupingSpec.from_config(config)
     if float(t.detection_threshold) <= 0:
       # Padded maps hold zeros that would then compete with real candidates.
       raise ValueError('test.detection_threshold: must be > 0 for padded batches')
@@ -150,11 +151,11 @@ class Predictor:
     for b, inp in enumerate(flight.inputs):
       h, w = flight.base_hw[b]
       if flight.top_k is None:
-        poses, scores = grouping.parse(final[b, :h, :w], tags[b, :h, :w], self.config,
+        poses, scores = grouping.parse(final[b, :h, :w], tags[b, :h, :w], self.grouping,
                                        adjust=adjust, refine=refine)
       else:
         poses, scores = grouping.parse_top_k(val_k[b], loc_k[b], tag_k[b], final[b, :h, :w],
-                                             tags[b, :h, :w], self.config, adjust=adjust,
+                                             tags[b, :h, :w], self.grouping, adjust=adjust,
                                              refine=refine)
       poses = transforms.get_final_preds(poses, inp.center, inp.scale, inp.base_size)
       results.append(Prediction(poses, scores))

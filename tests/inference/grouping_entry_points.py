@@ -30,20 +30,20 @@ def scenes(fixtures: str, count: int):
 
 def main(mode: str, fixtures: str, out: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  config = base_config()
+  spec = grouping.GroupingSpec.from_config(base_config())
   results = {}
   for s, (hm, tg) in enumerate(scenes(fixtures, SCENES)):
     for name, (adjust, refine) in MODES.items():
       if mode == 'parity':
-        got = grouping.parse(hm, tg, config, adjust=adjust, refine=refine)
+        got = grouping.parse(hm, tg, spec, adjust=adjust, refine=refine)
       elif mode == 'predictor':
         hm_ro, tg_ro = np.asarray(jax.device_put(hm)), np.asarray(jax.device_put(tg))
         top_k = [np.asarray(a) for a in jax.jit(grouping.nms_top_k)(hm_ro, tg_ro)]
-        got = grouping.parse_top_k(*top_k, hm_ro, tg_ro, config, adjust=adjust, refine=refine)
-        again = grouping.parse(hm_ro, tg_ro, config, adjust=adjust, refine=refine)
+        got = grouping.parse_top_k(*top_k, hm_ro, tg_ro, spec, adjust=adjust, refine=refine)
+        again = grouping.parse(hm_ro, tg_ro, spec, adjust=adjust, refine=refine)
         np.testing.assert_array_equal(again[0], got[0])
       elif mode == 'demo':
-        got = grouping.parse(np.array(hm, order='C'), np.array(tg, order='C'), config,
+        got = grouping.parse(np.array(hm, order='C'), np.array(tg, order='C'), spec,
                              adjust=adjust, refine=refine)
       else:
         raise SystemExit(f'unknown mode {mode!r}')

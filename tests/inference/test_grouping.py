@@ -16,6 +16,8 @@ import pytest
 from higherhrnet_jax.config import base_config
 from higherhrnet_jax.inference import grouping, grouping_host
 
+S = grouping.GroupingSpec.from_config
+
 MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
 
 
@@ -89,7 +91,7 @@ def test_match_from_stored_top_k(scenes, config):
   """`match_by_tag` alone, fed with the official top-k arrays."""
   for d in scenes:
     poses, _ = grouping.parse_top_k(d['val_k'][0], d['loc_k'][0], d['tag_k'][0], d['hm'],
-                                    d['tg'], config, adjust=False, refine=False)
+                                    d['tg'], S(config), adjust=False, refine=False)
     np.testing.assert_array_equal(poses, d['matched'])
 
 
@@ -97,7 +99,7 @@ def test_match_from_stored_top_k(scenes, config):
 def test_parse_parity_all_scenes(scenes, config, mode):
   adjust, refine = MODES[mode]
   for i, d in enumerate(scenes):
-    poses, scores = grouping.parse(d['hm'], d['tg'], config, adjust=adjust, refine=refine)
+    poses, scores = grouping.parse(d['hm'], d['tg'], S(config), adjust=adjust, refine=refine)
     assert poses.dtype == np.float32 and scores.dtype == np.float32
     assert poses.shape == d[f'grouped_{mode}'].shape, i
     np.testing.assert_array_equal(poses, d[f'grouped_{mode}'], err_msg=f'scene {i}')
@@ -108,7 +110,7 @@ def test_parallel_refine_matches_fixture(scenes, config, monkeypatch):
   """Refine's scans on all cores (forced for these small maps) give the same people."""
   monkeypatch.setattr(grouping, 'PARALLEL_REFINE_MIN_WORK', 0)
   for i in (3, 10, 15):
-    poses, scores = grouping.parse(scenes[i]['hm'], scenes[i]['tg'], config)
+    poses, scores = grouping.parse(scenes[i]['hm'], scenes[i]['tg'], S(config))
     np.testing.assert_array_equal(poses, scenes[i]['grouped_TT'], err_msg=f'scene {i}')
     np.testing.assert_array_equal(scores, scenes[i]['scores_TT'], err_msg=f'scene {i}')
 
@@ -148,7 +150,7 @@ def test_groups_beyond_max_num_people_get_no_joints():
   # more; at order[2] only the first two keys are candidates, so tags 20.1 / 30.1 cannot
   # join groups 20 / 30 and open new ones: 6 people with one joint each.
   order, val_k, loc_k, tag_k = _top_k([[0.0, 10.0], [20.0, 30.0], [20.1, 30.1]])
-  poses, scores = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), _small_config(),
+  poses, scores = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), S(_small_config()),
                                        adjust=False, refine=False)
   assert poses.shape == (6, 17, 5) and scores.shape == (6,)
   assert ((poses[:, :, 2] > 0).sum(axis=1) == 1).all()
@@ -158,7 +160,7 @@ def test_groups_beyond_max_num_people_get_no_joints():
 
 def test_groups_within_max_num_people_do_get_joints():
   order, val_k, loc_k, tag_k = _top_k([[0.0, 10.0], [0.2, 10.3]])
-  poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), _small_config(),
+  poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), S(_small_config()),
                                   adjust=False, refine=False)
   assert poses.shape == (2, 17, 5)
   np.testing.assert_array_equal(poses[:, order[1], 3], np.float32([0.2, 10.3]))
@@ -167,7 +169,7 @@ def test_groups_within_max_num_people_do_get_joints():
 def test_ignore_too_much_skips_joints_once_full():
   order, val_k, loc_k, tag_k = _top_k([[0.0, 10.0], [0.2, 10.3]])
   poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(),
-                                  _small_config(ignore_too_much=True), adjust=False,
+                                  S(_small_config(ignore_too_much=True)), adjust=False,
                                   refine=False)
   assert poses.shape == (2, 17, 5)
   assert (poses[:, order[1], 2] == 0).all()
@@ -177,7 +179,7 @@ def test_equal_keys_share_a_group_like_the_official_dict():
   # Two detections of the first joint with the same tag0 land in one dict entry: the second
   # overwrites the first.
   order, val_k, loc_k, tag_k = _top_k([[3.0, 3.0]])
-  poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), _small_config(),
+  poses, _ = grouping.parse_top_k(val_k, loc_k, tag_k, *_maps(), S(_small_config()),
                                   adjust=False, refine=False)
   assert poses.shape == (1, 17, 5)
   np.testing.assert_array_equal(poses[0, order[0], :3], [10, 21, np.float32(0.8)])
@@ -189,7 +191,7 @@ def test_equal_keys_share_a_group_like_the_official_dict():
 def test_no_detection_gives_empty_results(config):
   hm, tg = _maps()
   hm[5, 5, :] = 0.05  # below detection_threshold 0.1
-  poses, scores = grouping.parse(hm, tg, config)
+  poses, scores = grouping.parse(hm, tg, S(config))
   assert poses.shape == (0, 17, 5) and poses.dtype == np.float32
   assert scores.shape == (0,) and scores.dtype == np.float32
 
@@ -200,19 +202,19 @@ def test_non_finite_maps_raise(config, where, value):
   hm, tg = _maps()
   (hm if where == 'heatmaps' else tg)[3, 4, 5] = value
   with pytest.raises(ValueError, match=f'{where} contain NaN or infinite'):
-    grouping.parse(hm, tg, config)
+    grouping.parse(hm, tg, S(config))
 
 
 def test_misshaped_maps_raise(config):
   hm, tg = _maps()
   with pytest.raises(ValueError, match='joint_order'):
-    grouping.parse(hm[..., :5], tg[..., :5, :], config)
+    grouping.parse(hm[..., :5], tg[..., :5, :], S(config))
   with pytest.raises(ValueError, match=r'tags must be \[H, W, K, T\]'):
-    grouping.parse(hm, tg[:, :-1], config)
+    grouping.parse(hm, tg[:, :-1], S(config))
   bad = _small_config()
   bad.test.nms_padding = 1
   with pytest.raises(ValueError, match='nms_kernel'):
-    grouping.parse(hm, tg, bad)
+    grouping.parse(hm, tg, S(bad))
 
 
 # ------------------------------------------------------------------ NumPy summation order
@@ -256,7 +258,7 @@ def test_other_tag_widths_and_no_detection_value(scenes, num_tags):
     tg = np.ascontiguousarray(tg + rng.normal(0, 0.02, tg.shape).astype(np.float32))
     for use_val in (True, False):
       c.test.use_detection_val = use_val
-      ours = grouping.parse(d['hm'], tg, c)
+      ours = grouping.parse(d['hm'], tg, S(c))
       ref = baseline.baseline_parse(d['hm'], tg, c)
       np.testing.assert_array_equal(ours[0], ref[0])
       np.testing.assert_array_equal(ours[1], ref[1])
@@ -272,10 +274,10 @@ def test_parse_small_and_noisy_maps_match_device_split_path(config, h, w):
   for _ in range(4):  # a few people-like peaks
     hm[rng.integers(h), rng.integers(w), rng.integers(17, size=8)] += rng.uniform(0.2, 1.0)
   tg = rng.normal(0.0, 1.5, (h, w, 17, 2)).astype(np.float32)
-  poses, scores = grouping.parse(hm, tg, config)
+  poses, scores = grouping.parse(hm, tg, S(config))
   assert poses.shape[1:] == (17, 5) and scores.shape == poses.shape[:1]
   val_k, loc_k, tag_k = (np.asarray(a) for a in jax.jit(grouping.nms_top_k)(hm, tg))
-  split = grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, config)
+  split = grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, S(config))
   np.testing.assert_array_equal(poses, split[0])
   np.testing.assert_array_equal(scores, split[1])
 
@@ -286,12 +288,12 @@ def test_parse_top_k_rejects_bad_candidates(config):
   order = base_config().dataset.keypoints.joint_order
   below = loc_k.copy()
   below[order[1], 0] = (500, 500)  # a candidate below the threshold is never read
-  grouping.parse_top_k(val_k, below, tag_k, hm, tg, config)
+  grouping.parse_top_k(val_k, below, tag_k, hm, tg, S(config))
   loc_k[order[0], 1] = (48, 0)  # x == W for a used candidate
   with pytest.raises(ValueError, match=r'outside the 32x48 maps \(loc_k\)'):
-    grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, config)
+    grouping.parse_top_k(val_k, loc_k, tag_k, hm, tg, S(config))
   with pytest.raises(ValueError, match='inconsistent top-k shapes'):
-    grouping.parse_top_k(val_k[:, :1], loc_k, tag_k, hm, tg, config)
+    grouping.parse_top_k(val_k[:, :1], loc_k, tag_k, hm, tg, S(config))
 
 
 def test_parse_from_several_threads(scenes, config):
@@ -299,7 +301,7 @@ def test_parse_from_several_threads(scenes, config):
   from concurrent.futures import ThreadPoolExecutor
   picked = [scenes[i] for i in (1, 5, 11, 16, 18, 2)]
   with ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda d: grouping.parse(d['hm'], d['tg'], config), picked))
+    results = list(pool.map(lambda d: grouping.parse(d['hm'], d['tg'], S(config)), picked))
   for d, (poses, scores) in zip(picked, results):
     np.testing.assert_array_equal(poses, d['grouped_TT'])
     np.testing.assert_array_equal(scores, d['scores_TT'])

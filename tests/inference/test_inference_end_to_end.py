@@ -74,7 +74,8 @@ def test_perfect_outputs_give_high_ap(coco_sample_dir, scales, flip, bias_x):
 
   all_poses, all_scores = [], []
   for t, (hm, tg) in zip(prepared, O.crop_results(final, tags, batch['base_hw'])):
-    poses, scores = grouping.parse(np.ascontiguousarray(hm), np.ascontiguousarray(tg), config)
+    poses, scores = grouping.parse(np.ascontiguousarray(hm), np.ascontiguousarray(tg),
+                                   grouping.GroupingSpec.from_config(config))
     all_poses.append(T.get_final_preds(poses, t.center, t.scale, t.base_size))
     all_scores.append(scores)
   assert [len(p) for p in all_poses] == [len(kp) for kp in people_all]

@@ -42,7 +42,7 @@ def test_predictor_equals_the_reference_composition(setup):
   b = transforms.bucket_batch([prep])
   final, tags = fn(variables, b['images'], b['input_hw'], b['base_hw'], base_shape=b['base_shape'])
   (hm, tg), = outputs.crop_results(final, tags, b['base_hw'])
-  poses, scores = grouping.parse(hm, tg, config)
+  poses, scores = grouping.parse(hm, tg, grouping.GroupingSpec.from_config(config))
   poses = transforms.get_final_preds(poses, prep.center, prep.scale, prep.base_size)
   assert len(scores) > 0, 'the fixture weights should give detections'
   np.testing.assert_array_equal(got.scores, scores)
