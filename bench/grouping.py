@@ -213,7 +213,7 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so load changes hit all methods alike
       times['ours'].append(_time_ms(grouping.parse, det, tag, spec))
       times['base'].append(_time_ms(baseline_parse, det, tag, config))
-      times['split'].append(_time_ms(_split_parse, split_fn, det, tag, config))
+      times['split'].append(_time_ms(_split_parse, split_fn, det, tag, spec))
     people = grouping.parse(det, tag, spec)[0].shape[0]
     rows.append((i, det.shape[:2], people, {k: (statistics.median(v), min(v))
                                             for k, v in times.items()}))
