@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from higherhrnet_jax.data import pipeline
 from higherhrnet_jax.training import batches, checkpoint as ckpt_lib, logging as log_lib, optim
 from higherhrnet_jax.training import sharding as sharding_lib, state as state_lib, step as step_lib
 
@@ -67,39 +68,8 @@ def make_train_data(config: ml_collections.ConfigDict, local_batch_size: int
     it = batches.SyntheticIterator(config, local_batch_size, seed=config.seed,
                                    process_index=jax.process_index())
     return it, SYNTHETIC_EPOCH_SIZE
-  try:
-    from higherhrnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise RuntimeError('the data pipeline (higherhrnet_jax.data.pipeline) is not available; '
-                       "use --config.data.source=synthetic for a smoke run") from e
-  return _as_iterator(pipeline.make_train_loader(config, 'train'),
-                      local_batch_size)
-
-
-def _as_iterator(loader: Any, local_batch_size: int) -> tuple[CheckpointableIterator, int]:
-  """Accepts `(iterator, num_samples)`, a grain DataLoader, or a grain iterator."""
-  num_samples = None
-  if isinstance(loader, tuple):
-    loader, num_samples = loader
-  if num_samples is None:
-    for attr in ('num_samples', 'num_records'):
-      if getattr(loader, attr, None):
-        num_samples = int(getattr(loader, attr))
-        break
-    else:
-      source = getattr(loader, '_data_source', None)
-      if source is None:
-        raise ValueError('cannot tell the training set size from the data loader; return '
-                         '(iterator, num_samples) from make_train_loader')
-      # Each host reads its shard; the epoch is defined over the whole dataset.
-      num_samples = len(source)
-  it = loader if hasattr(loader, 'get_state') else iter(loader)
-  for method in ('get_state', 'set_state'):
-    if not hasattr(it, method):
-      raise TypeError(f'the training iterator {type(it).__name__} has no {method}(); it cannot '
-                      'be checkpointed')
-  del local_batch_size  # the pipeline batches per host itself
-  return it, num_samples
+  loader = pipeline.make_train_loader(config, 'train')
+  return loader, loader.num_records  # each host reads its shard; an epoch is the whole set
 
 
 # Keys of a training batch that go to the device (anything else, e.g. image ids, stays).
