@@ -54,7 +54,7 @@ class Checkpointer:
   Args:
     workdir: run directory (checkpoints go to `workdir/checkpoints` and `workdir/best`).
     keep: number of most recent periodic checkpoints to keep.
-    every_steps: save period in train steps (`maybe_save`); 0 disables periodic saves.
+    every_steps: save period in train steps (`should_save`); 0 disables periodic saves.
     async_save: write in a background thread (the device-to-host copy still happens
       before `save` returns, so the caller may donate the state right after).
   """
@@ -98,13 +98,6 @@ class Checkpointer:
 
   def should_save(self, step: int) -> bool:
     return self.every_steps > 0 and step % self.every_steps == 0
-
-  def maybe_save(self, step: int, state: Any, data_state: Any) -> bool:
-    """Saves when `step` is a multiple of `every_steps`."""
-    if not self.should_save(step):
-      return False
-    self.save(step, state, data_state)
-    return True
 
   def save_best(self, step: int, state: Any, data_state: Any, metrics: dict[str, float]) -> None:
     """Offers an evaluated state; only the best by `metrics['AP']` is kept."""
@@ -167,7 +160,7 @@ class Checkpointer:
     self._best.close()
 
 
-def restore_variables(workdir: str | pathlib.Path, config: Any = None) -> dict:
+def restore_variables(workdir: str | pathlib.Path) -> dict:
   """Model variables (`params`, `batch_stats`) of a run, for evaluation and export.
 
   Takes the best-by-AP checkpoint if the run has one, else the newest readable one. No
@@ -175,12 +168,10 @@ def restore_variables(workdir: str | pathlib.Path, config: Any = None) -> dict:
 
   Args:
     workdir: the training run directory (or its `checkpoints` / `best` folder).
-    config: unused; accepted so all checkpoint readers share one signature.
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` as numpy arrays.
   """
-  del config
   workdir = pathlib.Path(workdir).absolute()
   if workdir.name in ('checkpoints', 'best'):
     workdir = workdir.parent

@@ -30,7 +30,8 @@ def _abstract(state):
 def test_keeps_last_n_and_restores_latest_with_iterator_state(tmp_path):
   ck = ckpt_lib.Checkpointer(tmp_path, keep=2, every_steps=2)
   for step in range(1, 7):
-    ck.maybe_save(step, _state(step), {'index': step, 'seed': 0})
+    if ck.should_save(step):
+      ck.save(step, _state(step), {'index': step, 'seed': 0})
   ck.wait()
   assert ck.all_steps() == [4, 6]
   state, data_state, step = ck.restore_latest(_abstract(_state(0)))
@@ -65,7 +66,8 @@ def test_best_checkpoint_by_ap(tmp_path):
 def test_damaged_latest_falls_back_to_previous_with_warning(tmp_path, caplog):
   ck = ckpt_lib.Checkpointer(tmp_path, keep=3, every_steps=1)
   for step in (1, 2):
-    ck.maybe_save(step, _state(step), {'index': step})
+    if ck.should_save(step):
+      ck.save(step, _state(step), {'index': step})
   ck.close()
   damaged = [p for p in (pathlib.Path(tmp_path) / 'checkpoints' / '2' / 'state').rglob('*') if p.is_file()]
   assert damaged
