@@ -208,7 +208,7 @@ def train(
   data_iter, num_samples = (data_fn or make_train_data)(config, sharding_lib.local_batch_size(t.batch_size))
   updates_per_epoch = optim.steps_per_epoch(config, num_samples)
   accum = int(t.grad_accum_steps)
-  steps_per_epoch = updates_per_epoch * accum  # train_step calls per epoch
+  steps_per_epoch = round(updates_per_epoch * accum)  # train_step calls: the loader's epoch
   total_steps = optim.total_updates(config, updates_per_epoch) * accum
   tx, schedule = optim.make_optimizer(config, updates_per_epoch)
 

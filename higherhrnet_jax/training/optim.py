@@ -25,11 +25,18 @@ def effective_batch_size(config: ml_collections.ConfigDict) -> int:
   return int(config.train.batch_size) * int(config.train.grad_accum_steps)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train_samples: int) -> int:
-  """Optimizer updates per epoch; the loader drops the last partial batch (static shapes)."""
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train_samples: int) -> float:
+  """Optimizer updates per epoch: the loader's batches per epoch / accumulation steps.
+
+  The loader drops the last partial batch (static shapes), so an epoch is
+  `num_train_samples // batch_size` train-step calls; with `grad_accum_steps` that do not
+  divide it, an epoch holds a fractional number of updates (the schedule's epoch
+  boundaries are rounded to updates), and epochs stay aligned with the data.
+  """
   if num_train_samples <= 0:
     raise ValueError(f'steps_per_epoch: num_train_samples must be positive, got {num_train_samples}')
-  return max(1, num_train_samples // effective_batch_size(config))
+  calls = max(1, num_train_samples // int(config.train.batch_size))
+  return calls / int(config.train.grad_accum_steps)
 
 
 def base_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -41,16 +48,16 @@ def base_learning_rate(config: ml_collections.ConfigDict) -> float:
   return lr
 
 
-def total_updates(config: ml_collections.ConfigDict, updates_per_epoch: int) -> int:
-  """Number of optimizer updates of the whole run (`train.num_steps` wins when > 0)."""
+def total_updates(config: ml_collections.ConfigDict, updates_per_epoch: float) -> int:
+  """Number of whole optimizer updates of the run (`train.num_steps` wins when > 0)."""
   t = config.train
   if t.num_steps > 0:
     return int(t.num_steps) // int(t.grad_accum_steps)
-  return (int(t.end_epoch) - int(t.begin_epoch)) * updates_per_epoch
+  return int((int(t.end_epoch) - int(t.begin_epoch)) * updates_per_epoch + 1e-9)
 
 
 def learning_rate_schedule(
-    config: ml_collections.ConfigDict, updates_per_epoch: int
+    config: ml_collections.ConfigDict, updates_per_epoch: float
 ) -> optax.Schedule:
   """Step decay at `train.lr_step` epochs (x`train.lr_factor`) after optional linear warm-up.
 
@@ -79,7 +86,7 @@ def learning_rate_schedule(
 
 
 def make_optimizer(
-    config: ml_collections.ConfigDict, updates_per_epoch: int
+    config: ml_collections.ConfigDict, updates_per_epoch: float
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optimizer chain: [clip] -> adam | adamw | sgd, wrapped in MultiSteps if A > 1.
 

@@ -34,6 +34,17 @@ def test_linear_lr_scaling_and_accumulation_define_effective_batch():
   assert optim.base_learning_rate(c) == pytest.approx(1e-3)
 
 
+def test_accumulation_keeps_epochs_aligned_with_the_data():
+  """5 batches per epoch, 2 per update: 2.5 updates an epoch, not 2 (which would put the
+  trainer's epoch 1 at the loader's 4th batch and drift further each epoch)."""
+  c = _cfg(batch_size=2, grad_accum_steps=2, end_epoch=3, lr_step=(2,))
+  upe = optim.steps_per_epoch(c, 11)
+  assert upe == 2.5 and round(upe * 2) == 5  # the loader's 11 // 2 batches
+  assert optim.total_updates(c, upe) == 7  # 3 epochs = 15 batches: 7 whole updates
+  sched = optim.learning_rate_schedule(c, upe)
+  assert float(sched(4)) == pytest.approx(1e-3) and float(sched(5)) == pytest.approx(1e-4)
+
+
 def test_warmup_ramps_then_keeps_epoch_boundaries():
   c = _cfg(warmup_epochs=1.0)
   sched = optim.learning_rate_schedule(c, 10)
