@@ -25,12 +25,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from higherhrnet_jax import models
 from higherhrnet_jax.inference import grouping
 from higherhrnet_jax.inference import outputs as outputs_lib
 from higherhrnet_jax.inference import transforms
+from higherhrnet_jax.training import sharding
 
 
 @dataclasses.dataclass
@@ -71,8 +71,8 @@ class Predictor:
     self.model = models.build(config.model)
     self.spec = outputs_lib.OutputSpec.from_config(config)
     devices = list(devices or jax.local_devices())
-    self.mesh = Mesh(np.asarray(devices), ('data',))
-    self._batch_sharding = NamedSharding(self.mesh, P('data'))
+    self.mesh = sharding.make_mesh(devices)
+    self._batch_sharding = sharding.batch_sharding(self.mesh)
     self.set_variables(variables)
     apply_fn = lambda v, x: self.model.apply(v, x, train=False)
     # `network(variables, images, input_hw) -> (outputs, flipped outputs)`; replaceable, e.g.
@@ -93,7 +93,7 @@ class Predictor:
 
   def set_variables(self, variables) -> None:
     """Swaps in new weights of the same model (no recompilation)."""
-    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    self.variables = jax.device_put(variables, sharding.replicated(self.mesh))
 
   @property
   def num_devices(self) -> int:
