@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import cv2
 import grain
+from grain._src.python.ipc import shared_memory_array  # no public handle on its unlinking
 import numpy as np
 
 from higherhrnet_jax.data import coco
@@ -309,8 +310,6 @@ def _out_of_shared_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def _wait_for_shared_memory_release() -> None:
   """Waits until grain's background thread has unlinked every released segment."""
-  from grain._src.python.ipc import shared_memory_array  # pylint: disable=g-import-not-at-top
-
   pool = getattr(shared_memory_array.SharedMemoryArray, '_del_thread_pool', None)
   if pool is not None:
     pool.apply(int)  # its one thread runs requests in order: this one comes after all

@@ -327,8 +327,7 @@ def write_synthetic_coco(root: str | pathlib.Path, num_images: int, seed: int = 
   return path
 
 
-
-def prepare(config, workdir: str | pathlib.Path):
+def prepare(config: config_lib.ConfigDict, workdir: str | pathlib.Path) -> config_lib.ConfigDict:
   """Writes the configured synthetic dataset if it is not there yet; returns the config.
 
   With `dataset.synthetic.num_train > 0` the scenes go to `dataset.root`, or to
