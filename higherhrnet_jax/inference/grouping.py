@@ -30,6 +30,7 @@ import numba
 import numpy as np
 
 from higherhrnet_jax.inference import grouping_host as host
+from higherhrnet_jax.inference import host_nms
 
 
 # ------------------------------------------------------------------ NMS + top-k (JAX)
@@ -255,7 +256,7 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
                      f'outside the {h}x{w} maps (loc_k)')
   if refine:
     dslabs = _workspace('det', heatmaps.size)[:heatmaps.size].reshape(nj, h * w)
-    host.blocked_transpose_into(heatmaps.reshape(h * w, nj), dslabs)
+    host_nms.blocked_transpose_into(heatmaps.reshape(h * w, nj), dslabs)
   else:
     dslabs = np.zeros((nj, 0), np.float32)
   tbuf = _workspace('tags', tags.size if refine else 0)

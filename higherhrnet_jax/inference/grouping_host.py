@@ -1,133 +1,23 @@
 """Host kernels of the grouping, compiled with numba: plain arrays in and out.
 
-Tag matching (`match_by_tag` with the munkres 1.1.4 port), adjust, scores, refine and a
-host twin of the max-pool NMS + top-k, each reproducing the official NumPy arithmetic:
-float64 matching against float32 group means, NumPy's summation orders for float32 means
-and scores, float32 refine. `grouping.py` validates inputs and holds the public API.
+Tag matching (`match_by_tag` with the munkres 1.1.4 port), adjust, scores and refine, each
+reproducing the official NumPy arithmetic: float64 matching against float32 group means,
+NumPy's summation orders for float32 means and scores (`numpy_order.py`), float32 refine.
+`group` and `parse_host` (with the NMS + top-k of `host_nms.py`) are the entry points;
+`grouping.py` validates inputs and holds the public API.
 """
 
 import numba
 import numpy as np
 
 from higherhrnet_jax._numba import njit
-from higherhrnet_jax.inference import munkres
+from higherhrnet_jax.inference import host_nms, munkres, numpy_order
 
 # Status of `group` / `parse_host` (anything else is a munkres status).
 OK = 0
 
 # Padding cost of the official matcher for detections beyond the number of groups.
 _PAD_COST = 1e10
-
-
-# ------------------------------------------------------------------- NumPy-order float sums
-
-
-@njit
-def _block_sum(a, lo, n):
-  """One leaf of NumPy's pairwise summation (n <= 128): eight interleaved partial sums."""
-  if n < 8:
-    res = a[lo] - a[lo]  # a zero of the array's dtype
-    for i in range(n):
-      res += a[lo + i]
-    return res
-  r0 = a[lo]
-  r1 = a[lo + 1]
-  r2 = a[lo + 2]
-  r3 = a[lo + 3]
-  r4 = a[lo + 4]
-  r5 = a[lo + 5]
-  r6 = a[lo + 6]
-  r7 = a[lo + 7]
-  i = 8
-  stop = n - n % 8
-  while i < stop:
-    r0 += a[lo + i]
-    r1 += a[lo + i + 1]
-    r2 += a[lo + i + 2]
-    r3 += a[lo + i + 3]
-    r4 += a[lo + i + 4]
-    r5 += a[lo + i + 5]
-    r6 += a[lo + i + 6]
-    r7 += a[lo + i + 7]
-    i += 8
-  res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-  while i < n:
-    res += a[lo + i]
-    i += 1
-  return res
-
-
-@njit
-def pairwise_sum(a, lo, n):
-  """NumPy's pairwise summation of a[lo:lo+n] in the array's dtype (umath `pairwise_sum`).
-
-  Above 128 terms NumPy splits at half the length (rounded down to a multiple of 8) and
-  adds the two halves; the recursion is unrolled on an explicit stack because cached numba
-  functions cannot be recursive.
-  """
-  if n <= 128:
-    return _block_sum(a, lo, n)
-  node_lo = np.empty(128, np.int64)
-  node_n = np.empty(128, np.int64)
-  node_done = np.zeros(128, np.bool_)
-  vals = np.zeros(128, a.dtype)
-  nv = 0
-  node_lo[0] = lo
-  node_n[0] = n
-  top = 1
-  while top > 0:
-    top -= 1
-    l = node_lo[top]
-    m = node_n[top]
-    if m <= 128:
-      vals[nv] = _block_sum(a, l, m)
-      nv += 1
-    elif node_done[top]:
-      vals[nv - 2] = vals[nv - 2] + vals[nv - 1]
-      nv -= 1
-    else:
-      m2 = m // 2
-      m2 -= m2 % 8
-      node_done[top] = True  # revisit after both halves, which are pushed above it
-      top += 1
-      node_lo[top], node_n[top], node_done[top] = l + m2, m - m2, False
-      top += 1
-      node_lo[top], node_n[top], node_done[top] = l, m2, False
-      top += 1
-  return vals[0]
-
-
-@njit
-def mean_rows_f32(rows, n, out):
-  """`np.mean(list_of_n_float32_vectors, axis=0)` into out [T].
-
-  NumPy reduces an [n, T] float32 array over axis 0 row after row for T > 1, but for T == 1
-  the reduction runs along the contiguous axis with pairwise summation.
-  """
-  nt = rows.shape[1]
-  if nt == 1:
-    col = np.empty(n, np.float32)
-    for i in range(n):
-      col[i] = rows[i, 0]
-    out[0] = np.float32(pairwise_sum(col, 0, n) / np.float32(n))
-    return
-  for t in range(nt):
-    s = np.float32(0.0)
-    for i in range(n):
-      s = np.float32(s + rows[i, t])
-    out[t] = np.float32(s / np.float32(n))
-
-
-@njit
-def _sum_squares(diff):
-  """Sum over the last (contiguous) axis as NumPy does: sequential below 8 terms."""
-  if diff.shape[0] < 8:
-    s = diff[0] - diff[0]
-    for t in range(diff.shape[0]):
-      s += diff[t] * diff[t]
-    return s
-  sq = diff * diff
-  return pairwise_sum(sq, 0, sq.shape[0])
 
 
 # ---------------------------------------------------------------------------- tag matching
@@ -188,7 +78,7 @@ def _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold, tag_thr
     if ignore_too_much and ngr == max_num_people:
       continue
     for g in range(ngr):
-      mean_rows_f32(tag_store[g], tag_count[g], means[g])
+      numpy_order.mean_rows_f32(tag_store[g], tag_count[g], means[g])
     dist = np.empty((na, ngr), np.float64)
     cost = np.full((na, max(na, ngr)), _PAD_COST)
     for a in range(na):
@@ -196,7 +86,7 @@ def _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold, tag_thr
       for g in range(ngr):
         for t in range(nt):
           diff[t] = np.float64(tag_k[idx, c, t]) - np.float64(means[g, t])
-        d = np.sqrt(_sum_squares(diff))
+        d = np.sqrt(numpy_order.sum_squares(diff))
         dist[a, g] = d
         if use_detection_val:
           cost[a, g] = np.rint(d) * 100.0 - np.float64(val_k[idx, c])
@@ -255,7 +145,7 @@ def person_scores(poses):
   for p in range(poses.shape[0]):
     for j in range(nj):
       col[j] = poses[p, j, 2]
-    out[p] = np.float32(pairwise_sum(col, 0, nj) / np.float32(nj))
+    out[p] = np.float32(numpy_order.pairwise_sum(col, 0, nj) / np.float32(nj))
   return out
 
 
@@ -275,36 +165,9 @@ def _tag_rounded_distance(tslab, prev, acc):
     for i in range(n):
       for t in range(nt):
         e[t] = np.float32(tslab[t, i] - prev[t])
-      acc[i] = _sum_squares(e)
+      acc[i] = numpy_order.sum_squares(e)
   for i in range(n):
     acc[i] = np.float32(np.rint(np.float32(np.sqrt(acc[i]))))
-
-
-@njit
-def blocked_transpose_into(a, out):
-  """out [C, N] <- a [N, C].T, 16 rows at a time so reads and writes stay in cache.
-
-  Slices keep the loop indices non-negative, which lets the compiler drop index checks.
-  """
-  n, c = a.shape
-  nb = n - n % 16
-  for i0 in range(0, nb, 16):
-    blk = a[i0:i0 + 16]
-    for k in range(c):
-      o = out[k, i0:i0 + 16]
-      for i in range(16):
-        o[i] = blk[i, k]
-  for i in range(nb, n):
-    for k in range(c):
-      out[k, i] = a[i, k]
-
-
-@njit
-def blocked_transpose(a):
-  """[N, C] -> new contiguous [C, N]."""
-  out = np.empty((a.shape[1], a.shape[0]), a.dtype)
-  blocked_transpose_into(a, out)
-  return out
 
 
 @njit
@@ -391,7 +254,7 @@ def _refine(poses, det, tags, dslabs, tbuf, parallel_min_work):
         cnt += 1
     if cnt == 0:
       continue  # only reachable with a negative detection threshold
-    mean_rows_f32(rows, cnt, prevs[p])
+    numpy_order.mean_rows_f32(rows, cnt, prevs[p])
     for j in range(nj):
       need[p, j] = poses[p, j, 2] == 0
   num_scans = 0
@@ -410,7 +273,7 @@ def _refine(poses, det, tags, dslabs, tbuf, parallel_min_work):
   all_at_once = parallel or 2 * joints_needed > nj
   if all_at_once:
     tslabs = tbuf[:nj * nt * n].reshape(nj, nt, n)
-    blocked_transpose_into(tags.reshape(n, nj * nt), tslabs.reshape(nj * nt, n))
+    host_nms.blocked_transpose_into(tags.reshape(n, nj * nt), tslabs.reshape(nj * nt, n))
   else:
     tslabs = tbuf[:nt * n].reshape(1, nt, n)
   best = np.full((npeople, nj), -1, np.int64)
@@ -467,113 +330,6 @@ def _scan_parallel(dslabs, tslabs, prevs, scan_p, scan_j, found):
     found[s] = _best_pixel(dslabs[scan_j[s]], tslabs[scan_j[s]], prevs[scan_p[s]], acc)
 
 
-@njit
-def _shifted_max(src, dst, n_out, stride, lo, kernel):
-  """dst[i] = max(src[i + (o - lo) * stride] for the in-range window offsets o) along one
-  axis of a row-major map: `kernel` shifted maxima over slices (non-negative loop indices
-  let the compiler vectorise them)."""
-  dst[:n_out] = src[:n_out]
-  for o in range(kernel):
-    s = (o - lo) * stride
-    if s == 0:
-      continue
-    a = max(0, -s)
-    b = min(n_out, n_out - s)
-    sv = src[a + s:b + s]
-    dv = dst[a:b]
-    for i in range(b - a):
-      v = sv[i]
-      u = dv[i]
-      dv[i] = v if v > u else u
-
-
-@njit
-def _row_max(d, rows, h, w, lo, kernel):
-  """Max over the row window x - lo .. x - lo + kernel - 1, clipped at the row ends (the
-  -inf padding): shifted maxima over the flat map, then the columns whose window leaves
-  the row are redone."""
-  _shifted_max(d, rows, h * w, 1, lo, kernel)
-  left_end = min(lo, w)  # columns before this one reach past the left end
-  right = max(w - kernel + lo + 1, left_end)  # columns from here reach past the right end
-  for y in range(h):
-    for x in range(left_end):
-      _row_window_max(d, rows, y * w, x, w, lo, kernel)
-    for x in range(right, w):
-      _row_window_max(d, rows, y * w, x, w, lo, kernel)
-
-
-@njit
-def _row_window_max(d, rows, base, x, w, lo, kernel):
-  a = max(x - lo, 0)
-  b = min(x - lo + kernel, w)
-  m = d[base + a]
-  for xx in range(a + 1, b):
-    v = d[base + xx]
-    m = v if v > m else m
-  rows[base + x] = m
-
-
-@njit
-def nms_top_k_host(dslabs, h, w, kernel, padding, k):
-  """Host twin of `nms` + `top_k_indices` on joint-major maps dslabs [K, H * W].
-
-  Returns val_k [K, k] float32 and flat indices [K, k] int64; equal values keep the lower
-  index first (as `jax.lax.top_k`).
-  """
-  nj, n = dslabs.shape
-  k = min(k, n)
-  val_k = np.empty((nj, k), np.float32)
-  ind_k = np.empty((nj, k), np.int64)
-  rows = np.empty(n, np.float32)
-  pooled = np.empty(n, np.float32)
-  kept = np.empty(n, np.float32)
-  for j in range(nj):
-    d = dslabs[j]
-    _row_max(d, rows, h, w, padding, kernel)
-    _shifted_max(rows, pooled, n, w, padding, kernel)
-    for i in range(n):
-      kept[i] = d[i] * np.float32(1.0 if pooled[i] == d[i] else 0.0)
-    vals = val_k[j]
-    inds = ind_k[j]
-    for i in range(k):  # insertion sort of the first k
-      _insert(vals, inds, i, kept[i], i)
-    threshold = vals[k - 1]
-    for i in range(k, n):
-      if kept[i] > threshold:
-        _insert(vals, inds, k - 1, kept[i], i)
-        threshold = vals[k - 1]
-  return val_k, ind_k
-
-
-@njit
-def _insert(vals, inds, pos, v, i):
-  """Puts (v, i) into the descending list vals[:pos + 1] (dropping vals[pos]), after any
-  equal values."""
-  while pos > 0 and vals[pos - 1] < v:
-    vals[pos] = vals[pos - 1]
-    inds[pos] = inds[pos - 1]
-    pos -= 1
-  vals[pos] = v
-  inds[pos] = i
-
-
-@njit
-def _gather_top_k(ind, tags):
-  """loc_k [K, M, 2] (x, y) and tag_k [K, M, T] at flat indices ind [K, M] of [H, W, K, T]."""
-  h, w, nj, nt = tags.shape
-  m = ind.shape[1]
-  loc_k = np.empty((nj, m, 2), np.int64)
-  tag_k = np.empty((nj, m, nt), np.float32)
-  for j in range(nj):
-    for c in range(m):
-      y = ind[j, c] // w
-      x = ind[j, c] % w
-      loc_k[j, c, 0] = x
-      loc_k[j, c, 1] = y
-      tag_k[j, c, :] = tags[y, x, j, :]
-  return loc_k, tag_k
-
-
 @njit(nogil=True)
 def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_threshold,
           tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine,
@@ -604,9 +360,9 @@ def parse_host(det, tags, dbuf, tbuf, joint_order, detection_threshold, tag_thre
   at least H * W * K and (with refine) H * W * K * T elements."""
   h, w, nj = det.shape
   dslabs = dbuf[:nj * h * w].reshape(nj, h * w)
-  blocked_transpose_into(det.reshape(h * w, nj), dslabs)
-  val_k, ind = nms_top_k_host(dslabs, h, w, kernel, padding, max_num_people)
-  loc_k, tag_k = _gather_top_k(ind, tags)
+  host_nms.blocked_transpose_into(det.reshape(h * w, nj), dslabs)
+  val_k, ind = host_nms.nms_top_k_host(dslabs, h, w, kernel, padding, max_num_people)
+  loc_k, tag_k = host_nms.gather_top_k(ind, tags)
   return group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order,
                detection_threshold, tag_threshold, use_detection_val, ignore_too_much,
                max_num_people, adjust, refine, parallel_min_work)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from higherhrnet_jax.config import base_config
-from higherhrnet_jax.inference import grouping, grouping_host
+from higherhrnet_jax.inference import grouping, grouping_host, host_nms, numpy_order
 
 S = grouping.GroupingSpec.from_config
 
@@ -75,8 +75,8 @@ def test_nms_top_k_host_and_device_vs_reduce_window(kernel, h, w):
   order = np.argsort(-flat, axis=1, kind='stable')[:, :k]
   expected = np.take_along_axis(flat, order, axis=1)
 
-  dslabs = grouping_host.blocked_transpose(hm.reshape(h * w, 3))
-  val_k, ind = grouping_host.nms_top_k_host(dslabs, h, w, kernel, pad, 10)
+  dslabs = host_nms.blocked_transpose(hm.reshape(h * w, 3))
+  val_k, ind = host_nms.nms_top_k_host(dslabs, h, w, kernel, pad, 10)
   np.testing.assert_array_equal(val_k, expected)
   np.testing.assert_array_equal(ind, order)
 
@@ -226,11 +226,11 @@ def test_float32_means_follow_numpy():
   for _ in range(300):
     n, t = int(rng.integers(1, 40)), int(rng.integers(1, 4))
     rows = rng.standard_normal((n, t)).astype(np.float32)
-    grouping_host.mean_rows_f32(rows, n, out)
+    numpy_order.mean_rows_f32(rows, n, out)
     np.testing.assert_array_equal(out[:t], np.mean(list(rows), axis=0))
   for n in (1, 7, 8, 17, 129, 300, 1031):
     a = rng.standard_normal(n).astype(np.float32)
-    assert grouping_host.pairwise_sum(a, 0, n) == np.sum(a)
+    assert numpy_order.pairwise_sum(a, 0, n) == np.sum(a)
     poses = rng.random((2, n, 3)).astype(np.float32)
     np.testing.assert_array_equal(grouping_host.person_scores(poses),
                                   [p[:, 2].mean() for p in poses])
