@@ -15,7 +15,6 @@ import time
 
 import jax
 
-from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import weights
 from higherhrnet_jax.data import synthetic
 from higherhrnet_jax.evaluation import runner
@@ -27,8 +26,7 @@ _log = logging.getLogger(__name__)
 
 def run_eval(config, checkpoint: str, output: str, *, max_images: int = 0, batch_size: int = 0,
              render: int = 8) -> dict:
-  """Evaluates `checkpoint` on the test split of `config`; prints and writes the metrics."""
-  config_lib.validate(config)
+  """Evaluates `checkpoint` on the test split of a validated `config`; prints, writes metrics."""
   predictor = Predictor(config, weights.load(checkpoint, config.model))
   metrics = runner.evaluate(predictor, config, out_dir=output, max_images=max_images,
                             batch_size=batch_size or int(config.test.batch_size) * predictor.num_devices,
@@ -55,11 +53,11 @@ def split_config_args(argv: list[str]) -> tuple[str, list[str], list[str]]:
 
 
 def run_train(config, workdir: str | pathlib.Path) -> dict | None:
-  """train.py: data preparation, training (resuming), evaluation and the final report."""
+  """train.py on a validated config: data preparation, training (resuming), evaluation and
+  the final report."""
   t0 = time.perf_counter()
   workdir = pathlib.Path(workdir)
-  config = synthetic.prepare(config, workdir)
-  config_lib.validate(config)
+  config = synthetic.prepare(config, workdir)  # may only point dataset.root at the workdir
   evaluator = None
   if config.train.eval_every_epochs >= 0:
     try:

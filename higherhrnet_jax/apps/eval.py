@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from higherhrnet_jax import apps, cli
+from higherhrnet_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
                                           lock_config=True)
@@ -27,8 +28,8 @@ _RENDER = flags.DEFINE_integer('render', 8, 'Pictures with drawn predictions to 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  cli.run_eval(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value, max_images=_MAX_IMAGES.value,
-               batch_size=_BATCH.value, render=_RENDER.value)
+  cli.run_eval(config_lib.validate(_CONFIG.value), _CHECKPOINT.value, _OUTPUT.value,
+               max_images=_MAX_IMAGES.value, batch_size=_BATCH.value, render=_RENDER.value)
 
 
 def run() -> None:

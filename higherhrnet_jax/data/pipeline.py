@@ -256,7 +256,9 @@ class TrainIterator(grain.DatasetIterator):
   def __next__(self) -> dict[str, np.ndarray]:
     if self._it is None:
       self._it = self._build()
-    batch = _out_of_shared_memory(next(self._it))
+    batch = next(self._it)
+    if self.worker_count > 0:
+      batch = _out_of_shared_memory(batch)
     skipped = int(batch.pop(_SKIPPED_KEY))
     self.last_image_ids = batch.pop(_IDS_KEY)
     if skipped:
@@ -304,7 +306,7 @@ def _out_of_shared_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]
   otherwise leave its segments for the resource tracker to report as leaked; the copy is
   one memory pass over a batch, small next to the step that consumes it.
   """
-  return {k: np.array(v) if isinstance(v, np.ndarray) and not v.flags.owndata else v
+  return {k: np.array(v) if isinstance(v, shared_memory_array.SharedMemoryArray) else v
           for k, v in batch.items()}
 
 

@@ -12,6 +12,7 @@ be compared with a run from an empty one.
 
 import sys
 
+import jax
 import numpy as np
 
 from higherhrnet_jax.config import base_config
@@ -29,7 +30,6 @@ def scenes(fixtures: str, count: int):
 
 
 def main(mode: str, fixtures: str, out: str) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
   spec = grouping.GroupingSpec.from_config(base_config())
   results = {}
   for s, (hm, tg) in enumerate(scenes(fixtures, SCENES)):
