@@ -1,4 +1,4 @@
-"""Parameter and multiply-accumulate counts of a HigherHRNet config.
+"""Parameter and multiply-accumulate counts of a model config (either family).
 
   python -m higherhrnet_jax.summary --config configs/coco/higherhrnet_w32_512.py [--json]
 
@@ -8,8 +8,9 @@ Two compute figures are reported for one image at the config's input size:
   convolution, ``H_in * W_in * Cin * Cout * kh * kw`` for the transposed convolution;
 * ``macs_official``: the convention of the official model summary, ``numel(weight) *
   H_out * W_out`` for every convolution including the transposed one (which counts that
-  layer 4 times). The published "GFLOPs" (47.9 for W32-512, 154.3 for W48-640) are
-  this number.
+  layer 4 times). The published "GFLOPs" are this number divided by 10^9 for HigherHRNet
+  (47.9 for W32-512, 154.3 for W48-640) and by 1024^3 for the top-down HRNet (7.1 for
+  W32-256x192, 32.9 for W48-384x288): `gflops_published`.
 
 Shapes come from an abstract trace (`jax.eval_shape`), so nothing is computed and any
 input size is cheap. BatchNorm, ReLU, upsampling and additions are not counted.
@@ -43,11 +44,16 @@ class Summary:
   macs: int
   macs_official: int
   blocks: dict[str, list[int]]
+  giga: float = 1e9  # the divisor of the family's published "GFLOPs"
+
+  @property
+  def gflops_published(self) -> float:
+    return self.macs_official / self.giga
 
   def to_json(self) -> dict[str, Any]:
     return dict(params=self.params, macs=self.macs, macs_official=self.macs_official,
                 gmacs=round(self.macs / 1e9, 2), gmacs_official=round(self.macs_official / 1e9, 2),
-                input_shape=list(self.input_shape))
+                gflops_published=round(self.gflops_published, 2), input_shape=list(self.input_shape))
 
 
 def _block(path: Sequence[str]) -> str:
@@ -106,7 +112,8 @@ def summarize(model_config: Mapping[str, Any], input_size: int | Sequence[int]) 
     names = [p.key for p in path]
     blocks.setdefault(_block(names[:-1]), [0, 0, 0])[0] += int(np.prod(leaf.shape))
   totals = [sum(row[i] for row in blocks.values()) for i in range(3)]
-  return Summary(shape, totals[0], totals[1], totals[2], blocks)
+  giga = 1024.0**3 if model_config.get('name') == 'pose_hrnet' else 1e9
+  return Summary(shape, totals[0], totals[1], totals[2], blocks, giga)
 
 
 def format_table(summary: Summary) -> str:
@@ -116,7 +123,7 @@ def format_table(summary: Summary) -> str:
     lines.append(f'{name:<16}{p:>14,}{m:>20,}{mo:>20,}')
   lines.append(f'{"total":<16}{summary.params:>14,}{summary.macs:>20,}{summary.macs_official:>20,}')
   lines.append(f'{summary.params / 1e6:.1f}M parameters, {summary.macs / 1e9:.2f} GMACs, '
-               f'{summary.macs_official / 1e9:.1f} G in the official convention (published "GFLOPs"), '
+               f'{summary.gflops_published:.2f} published "GFLOPs" (official convention), '
                f'input {summary.input_shape[1]}x{summary.input_shape[2]}')
   return '\n'.join(lines)
 
@@ -127,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='config file, e.g. configs/coco/higherhrnet_w32_512.py')
-  parser.add_argument('--input_size', type=int, default=0, help='square input side (default: data.input_size)')
+  parser.add_argument('--input_size', type=int, default=0, help='square input side (default: data.input_size, the crop size for top-down)')
   parser.add_argument('--json', action='store_true', help='print a JSON object as the last line')
   args, overrides = parser.parse_known_args(argv)
   bad = [o for o in overrides if not o.startswith('--config.')]

@@ -16,6 +16,7 @@ flags.FLAGS.mark_as_parsed()
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get('HIGHERHRNET_SHARED', REPO.parent / 'shared'))
 FIXTURES = SHARED / 'fixtures' / 'official'
+TOPDOWN_FIXTURES = SHARED / 'fixtures' / 'official_topdown'
 COCO_SAMPLE = SHARED / 'data' / 'coco_sample'
 CROWDPOSE_SAMPLE = SHARED / 'data' / 'crowdpose_sample'
 
@@ -25,6 +26,14 @@ def fixtures_dir() -> pathlib.Path:
   if not FIXTURES.is_dir():
     pytest.skip(f'official fixtures not found (set HIGHERHRNET_SHARED); looked in {FIXTURES}')
   return FIXTURES
+
+
+@pytest.fixture(scope='session')
+def topdown_fixtures_dir() -> pathlib.Path:
+  if not TOPDOWN_FIXTURES.is_dir():
+    pytest.skip('official top-down fixtures not found (set HIGHERHRNET_SHARED); looked in '
+                f'{TOPDOWN_FIXTURES}')
+  return TOPDOWN_FIXTURES
 
 
 @pytest.fixture(scope='session')

@@ -1,9 +1,10 @@
-"""Official HigherHRNet / HRNet checkpoints <-> Flax variables.
+"""Official HigherHRNet / top-down HRNet checkpoints <-> Flax variables.
 
 The Flax modules are named after the official state-dict paths with ``.`` written as
 ``_`` before an index (``stage2_0/fuse_layers_1/0_0_0`` is ``stage2.0.fuse_layers.1.0.0.0``),
 under two top-level scopes ``backbone`` and ``head`` that the official model does not
-have. So every official key follows from the Flax variable tree by one rule:
+have (the top-down head, `final_layer`, sits at the top level). So every official key
+follows from the Flax variable tree by one rule:
 
 =================================  =====================================================
 Flax leaf                          official key, layout
@@ -225,7 +226,7 @@ def _fill(state: Mapping[str, np.ndarray], table: Mapping[str, _Leaf], template:
 
 def load_official(source: str | pathlib.Path | Mapping[str, Any], model_config: Mapping[str, Any],
                   *, strict: bool = True) -> dict[str, Any]:
-  """Loads an official HigherHRNet checkpoint into Flax variables.
+  """Loads an official HigherHRNet or top-down HRNet checkpoint into Flax variables.
 
   Args:
     source: `.pth` (zip or legacy `torch.save` format, read without torch), `.npz`, or a
@@ -305,5 +306,17 @@ def load_imagenet_backbone(source: str | pathlib.Path | Mapping[str, Any], varia
 
 
 def is_pose_checkpoint(state: Mapping[str, Any]) -> bool:
-  """True for a full HigherHRNet checkpoint, False for a backbone-only one."""
-  return any(k.startswith('final_layers.') for k in state)
+  """True for a whole pose network (either family), False for a backbone-only one.
+
+  HigherHRNet heads have `final_layers.*`. The top-down head is `final_layer.weight`, but
+  ImageNet classification checkpoints also carry `final_layer.*` keys (a 1x1 conv of their
+  classifier), so the top-down head is told by shape: a 1x1 (or 3x3) conv reading the
+  backbone's highest-resolution branch, whose width is the first transition's output.
+  """
+  if any(k.startswith('final_layers.') for k in state):
+    return True
+  head, branch = state.get('final_layer.weight'), state.get('transition1.0.0.weight')
+  if head is None or branch is None:
+    return False
+  head_shape, branch_shape = np.shape(head), np.shape(branch)
+  return len(head_shape) == 4 and len(branch_shape) == 4 and head_shape[1] == branch_shape[0]

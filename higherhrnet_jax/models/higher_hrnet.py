@@ -5,18 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from higherhrnet_jax.models.hrnet import HRNet, StageSpec
+from higherhrnet_jax.models.hrnet import HRNet, StageSpec, check_input_shape
 from higherhrnet_jax.models.layers import BasicBlock, BatchNorm, ConvTranspose4x4, Dtype, conv_init
-
-# The backbone downsamples by 32 at its lowest-resolution branch; fuse sums need exact halving.
-INPUT_MULTIPLE = 32
-
 
 @dataclasses.dataclass(frozen=True)
 class DeconvSpec:
@@ -119,55 +113,3 @@ class HigherHRNet(nn.Module):
                          name='head')(feats[0], train)
     out_dtype = jnp.promote_types(self.dtype, jnp.float32)
     return [o.astype(out_dtype) for o in outputs]
-
-
-def check_input_shape(shape: Sequence[int]) -> None:
-  """Refuses inputs the network cannot take, with a message instead of a shape error deep inside.
-
-  Raises:
-    ValueError: rank is not 4 (NHWC), the channel count is not 3, or H/W are not
-      positive multiples of 32.
-  """
-  shape = tuple(shape)
-  if len(shape) != 4:
-    raise ValueError(f'HigherHRNet expects images [B, H, W, 3] (NHWC, rank 4), got shape {shape}')
-  _, h, w, c = shape
-  if c != 3:
-    raise ValueError(f'HigherHRNet expects 3 input channels (RGB, NHWC layout), got shape {shape}; '
-                     'NCHW arrays must be transposed to NHWC first')
-  if h <= 0 or w <= 0 or h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
-    raise ValueError(f'HigherHRNet input height and width must be positive multiples of '
-                     f'{INPUT_MULTIPLE}, got {h}x{w} (shape {shape}); pad or resize the image')
-
-
-def init_variables(model: nn.Module, seed: int = 0) -> dict:
-  """Official random initialisation without compiling `model.init`, as numpy arrays.
-
-  `model.init` gives the same distribution (its initializers are the official ones),
-  but on XLA:CPU compiling its hundreds of random-number kernels takes tens of seconds
-  for the tiny model and more for W32. Here the variable shapes come from an abstract
-  trace and the values from numpy: conv / transposed-conv kernels ~ N(0, 0.001^2),
-  biases and BatchNorm beta 0, gamma 1, running mean 0, running variance 1.
-
-  Args:
-    model: a module built by `higherhrnet_jax.models.build`.
-    seed: seed of the numpy generator.
-
-  Returns:
-    `{'params': ..., 'batch_stats': ...}` (float32 numpy arrays).
-  """
-  x = jax.ShapeDtypeStruct((1, INPUT_MULTIPLE, INPUT_MULTIPLE, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  rng = np.random.default_rng(seed)
-
-  def make(path, leaf):
-    name = path[-1].key
-    if name in ('kernel', 'transpose_kernel'):
-      return (rng.standard_normal(leaf.shape, dtype=np.float32) * np.float32(0.001))
-    if name in ('scale', 'var'):
-      return np.ones(leaf.shape, np.float32)
-    if name in ('bias', 'mean'):
-      return np.zeros(leaf.shape, np.float32)
-    raise AssertionError(f'no initializer for variable {jax.tree_util.keystr(path)}')
-
-  return jax.tree_util.tree_map_with_path(make, flax.core.unfreeze(shapes))

@@ -27,11 +27,25 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from higherhrnet_jax import losses
+from higherhrnet_jax.topdown import loss as topdown_loss
 from higherhrnet_jax.training import sharding as sharding_lib
 from higherhrnet_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def batch_loss(config: ml_collections.ConfigDict) -> LossFn:
+  """The family's loss, `(outputs, batch) -> (total, terms)`, with its settings bound.
+
+  HigherHRNet: multi-resolution heatmap + associative-embedding losses; top-down HRNet:
+  the target-weighted `JointsMSELoss`.
+  """
+  if config.model.name == 'pose_hrnet':
+    use_weight = bool(config.loss.use_target_weight)
+    return lambda outputs, batch: topdown_loss.loss(outputs, batch, use_weight)
+  return lambda outputs, batch: losses.multi_loss(outputs, batch, config)
 
 
 def loss_and_grads(
@@ -47,6 +61,7 @@ def loss_and_grads(
   Returns:
     `(total, terms, new_batch_stats, grads)`.
   """
+  compute_loss = batch_loss(config)
 
   def loss_fn(params):
     outputs, mutated = model.apply(
@@ -56,7 +71,7 @@ def loss_and_grads(
         mutable=['batch_stats'],
         rngs={'dropout': rng},
     )
-    total, terms = losses.multi_loss(outputs, batch, config)
+    total, terms = compute_loss(outputs, batch)
     return total, (terms, mutated['batch_stats'])
 
   (total, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -87,7 +102,7 @@ def make_train_step(
   """Builds `train_step(state, batch, rng) -> (state, metrics)`, jitted and donating `state`.
 
   Args:
-    model: flax module with the HigherHRNet output contract.
+    model: flax module of either family (`models.build`).
     tx: optimizer (possibly `optax.MultiSteps`).
     config: full config (loss and `train.*`).
     mesh: training mesh; the batch is sharded `P('data')`.

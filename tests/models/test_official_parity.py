@@ -6,9 +6,7 @@ Tolerance: max |ours - ref| / max |ref| < 1e-4 for every output and feature (the
 issue's criterion); BatchNorm running statistics after one train step: atol 1e-5.
 """
 
-import json
 import pathlib
-import zlib
 
 import jax
 import numpy as np
@@ -16,32 +14,9 @@ import pytest
 
 from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import convert, models
+from official_recipe import recipe_state_dict
 
 REL_TOL = 1e-4
-
-
-def recipe_state_dict(keys_json) -> dict[str, np.ndarray]:
-  """The README's deterministic state dict: per-key crc32-seeded draws, float64 formulas."""
-  state = {}
-  for key, shape, dtype in json.load(open(keys_json))['state_dict']:
-    if key.endswith('num_batches_tracked'):
-      state[key] = np.array(0, dtype=np.int64)
-      continue
-    z = np.random.default_rng(zlib.crc32(key.encode('ascii'))).standard_normal(shape)
-    z = z.astype(np.float32).astype(np.float64)
-    if len(shape) == 4:
-      gain = 0.5 if key.startswith('stage') else 1.0
-      value = gain * z / np.sqrt(np.prod(shape[1:]))
-    elif key.endswith('running_var'):
-      value = np.exp(0.1 * z)
-    elif key.endswith(('running_mean', 'bias')):
-      value = 0.1 * z
-    elif key.endswith('weight'):
-      value = 1 + 0.1 * z
-    else:
-      raise AssertionError(f'unexpected key kind {key}')
-    state[key] = value.astype(np.float32)
-  return state
 
 
 def rel_err(ours, ref) -> float:

@@ -8,6 +8,8 @@ max-norm relative < 5e-2; measured 1.7e-3 / 9.0e-3), because ReLU inputs within
 rounding distance of 0 may flip.
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,8 @@ import pytest
 from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import convert, models
 from higherhrnet_jax.training import step as step_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _nhwc(a):
@@ -50,7 +54,7 @@ def _run(data, cfg, dtype, fixtures_dir):
 
 def test_float64_step_matches_official_float64(data, fixtures_dir):
   _, ref = data
-  cfg = config_lib.load_config(config_lib.__file__.replace('higherhrnet_jax/config.py', 'configs/tiny.py'))
+  cfg = config_lib.load_config(REPO / 'configs' / 'tiny.py')
   with jax.enable_x64(True):
     outputs, total, terms, official = _run(data[0], cfg, np.float64, fixtures_dir)
     assert outputs[0].dtype == jnp.float64
@@ -73,7 +77,7 @@ def test_float64_step_matches_official_float64(data, fixtures_dir):
 
 def test_float32_step_matches_official(data, fixtures_dir):
   d32, ref64 = data
-  cfg = config_lib.load_config(config_lib.__file__.replace('higherhrnet_jax/config.py', 'configs/tiny.py'))
+  cfg = config_lib.load_config(REPO / 'configs' / 'tiny.py')
   outputs, total, terms, official = _run(d32, cfg, np.float32, fixtures_dir)
   for s in (0, 1):
     np.testing.assert_allclose(np.asarray(outputs[s]), _nhwc(d32[f'output_{s}']), atol=5e-4)
