@@ -18,7 +18,6 @@ import jax
 from higherhrnet_jax import weights
 from higherhrnet_jax.data import synthetic
 from higherhrnet_jax.evaluation import runner
-from higherhrnet_jax.inference.predictor import Predictor
 from higherhrnet_jax.training import loop
 
 _log = logging.getLogger(__name__)
@@ -27,10 +26,9 @@ _log = logging.getLogger(__name__)
 def run_eval(config, checkpoint: str, output: str, *, max_images: int = 0, batch_size: int = 0,
              render: int = 8) -> dict:
   """Evaluates `checkpoint` on the test split of a validated `config`; prints, writes metrics."""
-  predictor = Predictor(config, weights.load(checkpoint, config.model))
-  metrics = runner.evaluate(predictor, config, out_dir=output, max_images=max_images,
-                            batch_size=batch_size or int(config.test.batch_size) * predictor.num_devices,
-                            render=render, progress=sys.stderr.isatty())
+  predictor = runner.make_predictor(config, weights.load(checkpoint, config.model))
+  metrics = runner.evaluate_any(predictor, config, out_dir=output, max_images=max_images,
+                                batch_size=batch_size, render=render, progress=sys.stderr.isatty())
   print(metrics.get('summary', ''))
   print(runner.format_table(metrics))
   print(f'results and metrics written to {output}')

@@ -122,4 +122,26 @@ CROWDPOSE = KeypointSpec(
         ('right_knee', 'right_ankle'))),
 )
 
-SPECS = {'coco': COCO, 'crowdpose': CROWDPOSE}
+_MPII_NAMES = ('right_ankle', 'right_knee', 'right_hip', 'left_hip', 'left_knee', 'left_ankle',
+               'pelvis', 'thorax', 'upper_neck', 'head_top', 'right_wrist', 'right_elbow',
+               'right_shoulder', 'left_shoulder', 'left_elbow', 'left_wrist')
+
+# MPII is scored with PCKh, which has no per-joint sigmas; these OKS sigmas (mmpose's, adapted
+# from COCO) only serve OKS-based tools such as NMS.
+MPII = KeypointSpec(
+    name='mpii',
+    joint_names=_MPII_NAMES,
+    flip_index=(5, 4, 3, 2, 1, 0, 6, 7, 8, 9, 15, 14, 13, 12, 11, 10),
+    sigmas=(.089, .083, .107, .107, .083, .089, .026, .026, .026, .026, .062, .072, .179, .179,
+            .072, .062),
+    joint_order=tuple(range(16)),
+    skeleton=_pairs(_MPII_NAMES, (
+        ('right_ankle', 'right_knee'), ('right_knee', 'right_hip'), ('right_hip', 'pelvis'),
+        ('pelvis', 'left_hip'), ('left_hip', 'left_knee'), ('left_knee', 'left_ankle'),
+        ('pelvis', 'thorax'), ('thorax', 'upper_neck'), ('upper_neck', 'head_top'),
+        ('upper_neck', 'right_shoulder'), ('right_shoulder', 'right_elbow'),
+        ('right_elbow', 'right_wrist'), ('upper_neck', 'left_shoulder'),
+        ('left_shoulder', 'left_elbow'), ('left_elbow', 'left_wrist'))),
+)
+
+SPECS = {'coco': COCO, 'crowdpose': CROWDPOSE, 'mpii': MPII}

@@ -4,9 +4,15 @@
       --checkpoint=pose_higher_hrnet_w32_512.pth --config.dataset.root=data/coco \
       --output=runs/eval_w32_512
 
-`--checkpoint` is an official `.pth` / `.npz` state dict or an orbax training directory
-(its best checkpoint, else its latest). Writes results.json, metrics.json and a few
-pictures to `--output`, and prints the COCO (or CrowdPose) table with per-stage times.
+  python eval.py --config=configs/coco/hrnet_w32_256x192.py \
+      --checkpoint=pose_hrnet_w32_256x192.pth --config.dataset.root=data/coco \
+      --config.test.person_boxes=COCO_val2017_detections_AP_H_56_person.json
+
+`--checkpoint` is an official `.pth` / `.npz` state dict (either family) or an orbax
+training directory (its best checkpoint, else its latest). Top-down models take person
+boxes from `--config.test.person_boxes` (official detection format), or the ground-truth
+boxes when it is empty. Writes results.json, metrics.json and a few pictures to
+`--output`, and prints the COCO (or CrowdPose) table with per-stage times.
 `higherhrnet-eval` (installed with the package) is the same program.
 """
 
@@ -21,7 +27,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_conf
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Official .pth/.npz or orbax workdir.')
 _OUTPUT = flags.DEFINE_string('output', 'runs/eval', 'Where results and metrics go.')
 _MAX_IMAGES = flags.DEFINE_integer('max_images', 0, 'Evaluate the first N images only (0: all).')
-_BATCH = flags.DEFINE_integer('batch_size', 0, 'Images per device batch (0: config.test.batch_size).')
+_BATCH = flags.DEFINE_integer('batch_size', 0, 'HigherHRNet: images per device batch (0: config.test.batch_size); top-down models batch crops by --config.test.batch_size.')
 _RENDER = flags.DEFINE_integer('render', 8, 'Pictures with drawn predictions to write.')
 
 

@@ -77,7 +77,6 @@ def base_config() -> ConfigDict:
       person_boxes='',
       image_thre=0.0,
       flip_test=True,
-      post_process=True,  # the quarter-pixel offset towards the higher neighbour
       in_vis_thre=0.2,  # joints counted in the rescoring
       oks_thre=0.9,  # OKS-NMS threshold (per image)
       batch_size=32,  # crops per device and network call

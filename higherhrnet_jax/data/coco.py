@@ -313,9 +313,11 @@ def source_from_config(config: Any, train: bool = True,
   d = config.dataset
   split = split or (d.train_split if train else d.test_split)
   ann, img = split_paths(config, split)
-  kwargs = dict(train=train, scale_aware_sigma=bool(config.data.scale_aware_sigma),
-                base_size=config.data.base_size, base_sigma=config.data.base_sigma,
-                int_sigma=bool(config.data.int_sigma))
+  kwargs = dict(train=train)
+  if config.model.name == 'higher_hrnet':  # per-person sigmas only exist for its targets
+    kwargs.update(scale_aware_sigma=bool(config.data.scale_aware_sigma),
+                  base_size=config.data.base_size, base_sigma=config.data.base_sigma,
+                  int_sigma=bool(config.data.int_sigma))
   make = crowdpose_source if d.name == 'crowdpose' else coco_source
   return make(ann, img, int(config.model.num_joints), **kwargs)
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from higherhrnet_jax.data import coco
 from higherhrnet_jax.data import transforms
+from higherhrnet_jax.topdown import samples as topdown_samples
 
 _log = logging.getLogger(__name__)
 
@@ -155,14 +156,45 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
   _init_process()
 
 
+class SampleBuilder(Protocol):
+  """One family's training samples: record `r` + its draws -> an example dict.
+
+  HigherHRNet's records are images (:class:`ImageSamples`); the top-down model's are
+  person instances (`topdown.samples.PersonSamples`). Both are picklable: they run in the
+  grain workers.
+  """
+
+  def __len__(self) -> int:
+    ...
+
+  def __call__(self, record: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], int]:
+    """(example of equal-shaped arrays, real image id); raises `coco.CorruptImageError`."""
+
+
+class ImageSamples:
+  """HigherHRNet samples: a whole augmented image with its multi-resolution targets."""
+
+  def __init__(self, source: ExampleSource, sample_config: transforms.SampleConfig):
+    self.source = source
+    self.sample_config = sample_config
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __call__(self, record: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], int]:
+    ex = self.source.train_example(record)
+    draws = transforms.sample_draws(rng, ex['image'].shape[:2], self.sample_config)
+    out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], draws,
+                                       self.sample_config)
+    return out, int(ex['image_id'])
+
+
 class BatchMaker:
   """Builds host batch `step` (a picklable callable, run inside the grain workers)."""
 
-  def __init__(self, source: ExampleSource, plan: ShardPlan,
-               sample_config: transforms.SampleConfig):
-    self.source = source
+  def __init__(self, samples: SampleBuilder, plan: ShardPlan):
+    self.samples = samples
     self.plan = plan
-    self.sample_config = sample_config
 
   def sample(self, epoch: int, record: int) -> tuple[dict[str, np.ndarray], int, int]:
     """One augmented example; unusable records are replaced by the next index.
@@ -174,12 +206,8 @@ class BatchMaker:
     for attempt in range(MAX_CONSECUTIVE_FAILURES):
       r = (record + attempt) % n
       try:
-        ex = self.source.train_example(r)
-        draws = transforms.sample_draws(sample_rng(self.plan.seed, epoch, r), ex['image'].shape[:2],
-                                        self.sample_config)
-        out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], draws,
-                                           self.sample_config)
-        return out, int(ex['image_id']), attempt
+        out, image_id = self.samples(r, sample_rng(self.plan.seed, epoch, r))
+        return out, image_id, attempt
       except coco.CorruptImageError as e:
         _log.warning('skipping record %d (epoch %d): %s', r, epoch, e)
       except Exception as e:  # noqa: BLE001 - a bad sample must not kill a long training run
@@ -317,6 +345,15 @@ def _wait_for_shared_memory_release() -> None:
     pool.apply(int)  # its one thread runs requests in order: this one comes after all
 
 
+def make_samples(config: Any, split: str = 'train', source: ExampleSource | None = None
+                 ) -> SampleBuilder:
+  """The model family's sample builder (`model.name`) over a split or a given source."""
+  if config.model.name == 'pose_hrnet':
+    return topdown_samples.PersonSamples.from_config(config, _split_name(config, split)[0], source)
+  source = make_source(config, split) if source is None else source
+  return ImageSamples(source, transforms.SampleConfig.from_config(config))
+
+
 def make_train_loader(config: Any, split: str = 'train', *, seed: int | None = None,
                       worker_count: int | None = None, shard_index: int | None = None,
                       shard_count: int | None = None, num_epochs: int | None = None,
@@ -336,9 +373,11 @@ def make_train_loader(config: Any, split: str = 'train', *, seed: int | None = N
     source: an already built source (default: :func:`make_source`).
 
   Returns:
-    A :class:`TrainIterator` of dicts: 'image' [B, S, S, 3] float32, per stage s
-    'heatmaps_s' [B, R, R, K] float32, 'masks_s' [B, R, R] float32, 'joints_s' [B, M, K, 2]
-    int32, with B = train.batch_size // shard_count.
+    A :class:`TrainIterator` of dicts with B = train.batch_size // shard_count samples.
+    HigherHRNet: 'image' [B, S, S, 3] float32, per stage s 'heatmaps_s' [B, R, R, K]
+    float32, 'masks_s' [B, R, R] float32, 'joints_s' [B, M, K, 2] int32. Top-down:
+    'image' [B, H, W, 3] float32 person crops, 'target' [B, H/4, W/4, K] float32,
+    'target_weight' [B, K] float32.
   """
   if shard_index is None or shard_count is None:
     import jax
@@ -349,12 +388,12 @@ def make_train_loader(config: Any, split: str = 'train', *, seed: int | None = N
   if global_batch % shard_count:
     raise ValueError(f'config.train.batch_size {global_batch} is not divisible by the '
                      f'{shard_count} hosts')
-  source = make_source(config, split) if source is None else source
-  plan = ShardPlan(num_records=len(source), batch_size=global_batch // shard_count,
+  samples = make_samples(config, split, source)
+  plan = ShardPlan(num_records=len(samples), batch_size=global_batch // shard_count,
                    shard_index=int(shard_index), shard_count=int(shard_count),
                    seed=int(config.seed if seed is None else seed),
                    shuffle=bool(config.data.shuffle))
-  maker = BatchMaker(source, plan, transforms.SampleConfig.from_config(config))
+  maker = BatchMaker(samples, plan)
   workers = config.data.num_workers if worker_count is None else worker_count
   return TrainIterator(maker, worker_count=workers, prefetch=config.data.prefetch_buffer_size,
                        num_epochs=num_epochs)

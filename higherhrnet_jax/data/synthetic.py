@@ -333,8 +333,8 @@ def prepare(config: config_lib.ConfigDict, workdir: str | pathlib.Path) -> confi
   With `dataset.synthetic.num_train > 0` the scenes go to `dataset.root`, or to
   `<workdir>/data` when the root is empty (the returned config then points there).
   """
-  syn = config.dataset.synthetic
-  if syn.num_train <= 0:
+  syn = config.dataset.get('synthetic')  # HigherHRNet configs only
+  if syn is None or syn.num_train <= 0:
     return config
   root = pathlib.Path(config.dataset.root or pathlib.Path(workdir) / 'data')
   if config.dataset.root != str(root):

@@ -1,7 +1,10 @@
 """Evaluating a model on a dataset split: predictions, results file, metrics, pictures.
 
-Shared by `eval.py` and the periodic evaluation of the trainer. Unreadable images are
-skipped and counted (the count is part of the metrics), never fatal and never silent.
+Shared by `eval.py` and the periodic evaluation of the trainer, for both families:
+:func:`evaluate` is the HigherHRNet loop (whole images, grouping), the top-down loop
+(person boxes, crops) is `topdown/runner.py`; :func:`make_predictor` and :class:`Evaluator`
+pick by `model.name`. Unreadable images are skipped and counted (the count is part of the
+metrics), never fatal and never silent.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from higherhrnet_jax.data import coco as coco_data
 from higherhrnet_jax.evaluation import coco as coco_eval
 from higherhrnet_jax.evaluation import crowdpose as crowdpose_eval
 from higherhrnet_jax.inference.predictor import Predictor
+from higherhrnet_jax.topdown import runner as topdown_runner
+from higherhrnet_jax.topdown.predictor import TopDownPredictor
 
 _log = logging.getLogger(__name__)
 
@@ -113,6 +118,25 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
   return metrics
 
 
+def make_predictor(config, variables) -> Predictor | TopDownPredictor:
+  """The compiled inference of the config's model family."""
+  if config.model.name == 'pose_hrnet':
+    return TopDownPredictor(config, variables)
+  return Predictor(config, variables)
+
+
+def evaluate_any(predictor: Predictor | TopDownPredictor, config, *, batch_size: int = 0,
+                 **kwargs) -> dict[str, Any]:
+  """:func:`evaluate` or the top-down loop, by predictor; `batch_size` 0: the config's."""
+  if isinstance(predictor, TopDownPredictor):
+    if batch_size:
+      raise ValueError('batch_size: the top-down loop batches crops by config.test.batch_size '
+                       '(--config.test.batch_size=N), not images')
+    return topdown_runner.evaluate(predictor, config, **kwargs)
+  batch_size = batch_size or int(config.test.batch_size) * predictor.num_devices
+  return evaluate(predictor, config, batch_size=batch_size, **kwargs)
+
+
 class Evaluator:
   """The evaluation of a model under training: one compiled predictor, new weights each run.
 
@@ -125,17 +149,17 @@ class Evaluator:
     self.out_dir = out_dir
     self.source = coco_data.source_from_config(config, train=False)  # fails early if missing
     self.last: dict[str, Any] | None = None
-    self._predictor: Predictor | None = None
+    self._predictor: Predictor | TopDownPredictor | None = None
 
   def run(self, variables) -> dict[str, float]:
     self.last = None  # a failed run must not leave an earlier one as the result
     if self._predictor is None:
-      self._predictor = Predictor(self.config, variables)
+      self._predictor = make_predictor(self.config, variables)
     else:
       self._predictor.set_variables(variables)
     t = self.config.train
-    self.last = evaluate(self._predictor, self.config, source=self.source, out_dir=self.out_dir,
-                         max_images=int(t.eval_max_images), render=int(t.render_predictions))
+    self.last = evaluate_any(self._predictor, self.config, source=self.source, out_dir=self.out_dir,
+                             max_images=int(t.eval_max_images), render=int(t.render_predictions))
     return {k: v for k, v in self.last.items() if isinstance(v, (int, float))}
 
 
@@ -151,7 +175,7 @@ def format_table(metrics: dict[str, Any]) -> str:
   names = [k for k in (*coco_eval.STATS_NAMES, 'APeasy', 'APmedium', 'APhard') if k in metrics]
   head = ' | '.join(f'{k:>8}' for k in names)
   vals = ' | '.join(f'{metrics[k]:8.4f}' for k in names)
-  times = (f"per image: network {metrics['network_ms']:.1f} ms, aggregation "
-           f"{metrics['aggregation_ms']:.1f} ms, grouping {metrics['grouping_ms']:.1f} ms; "
-           f"{metrics['num_images']} images, {metrics['num_skipped_images']} skipped")
+  stages = [k[:-3] for k in ('crop_ms', 'network_ms', 'aggregation_ms', 'grouping_ms') if k in metrics]
+  times = ('per image: ' + ', '.join(f'{k} {metrics[k + "_ms"]:.1f} ms' for k in stages)
+           + f"; {metrics['num_images']} images, {metrics['num_skipped_images']} skipped")
   return f'{head}\n{vals}\n{times}'

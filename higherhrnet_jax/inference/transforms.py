@@ -108,7 +108,8 @@ def get_multi_scale_size(image_or_hw, input_size: int, current_scale: float,
 
 
 def get_affine_transform(center: Sequence[float], scale: Sequence[float], rot: float,
-                         output_size: Sequence[int], inv: bool = False) -> np.ndarray:
+                         output_size: Sequence[int], inv: bool = False,
+                         keep_scale_dtype: bool = False) -> np.ndarray:
   """The official 2x3 affine from image pixels to an output of size (W, H).
 
   Three float32 point pairs (centre, a point half a box-width above it, and the point a
@@ -121,15 +122,20 @@ def get_affine_transform(center: Sequence[float], scale: Sequence[float], rot: f
     rot: rotation in degrees.
     output_size: (W, H) of the destination.
     inv: return the inverse map (destination -> source) instead.
+    keep_scale_dtype: evaluate `200 * scale` in the dtype of a floating `scale` rather
+      than float64. The official top-down test path hands in float32 box scales, and the
+      float32 product moves some crop matrices by up to 2e-5 px.
 
   Returns:
     float64 [2, 3] matrix.
   """
   center = np.asarray(center, np.float64)
-  scale = np.asarray(scale, np.float64)
+  scale = np.asarray(scale)
+  if not (keep_scale_dtype and np.issubdtype(scale.dtype, np.floating)):
+    scale = scale.astype(np.float64)
   if scale.ndim == 0:
     scale = np.array([scale, scale])
-  src_w = scale[0] * 200.0
+  src_w = scale[0] * scale.dtype.type(200)
   dst_w, dst_h = float(output_size[0]), float(output_size[1])
   rad = np.pi * rot / 180.0
   sn, cs = np.sin(rad), np.cos(rad)

@@ -72,15 +72,20 @@ def make_train_data(config: ml_collections.ConfigDict, local_batch_size: int
   return loader, loader.num_records  # each host reads its shard; an epoch is the whole set
 
 
-# Keys of a training batch that go to the device (anything else, e.g. image ids, stays).
-_BATCH_PREFIXES = ('image', 'heatmaps_', 'masks_', 'joints_')
+# Keys of a training batch that go to the device, per family (anything else, e.g. image ids,
+# stays on the host); the first ones are required.
+_BATCH_KEYS = {
+    'higher_hrnet': (('image', 'heatmaps_0', 'masks_0', 'joints_0'), ('heatmaps_', 'masks_', 'joints_')),
+    'pose_hrnet': (('image', 'target', 'target_weight'), ()),
+}
 
 
-def device_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  missing = [k for k in ('image', 'heatmaps_0', 'masks_0', 'joints_0') if k not in batch]
+def device_batch(batch: Mapping[str, np.ndarray], family: str = 'higher_hrnet') -> dict[str, np.ndarray]:
+  required, prefixes = _BATCH_KEYS[family]
+  missing = [k for k in required if k not in batch]
   if missing:
     raise KeyError(f'training batch lacks {missing} (has {sorted(batch)})')
-  return {k: v for k, v in batch.items() if k == 'image' or k.startswith(_BATCH_PREFIXES[1:])}
+  return {k: v for k, v in batch.items() if k in required or (prefixes and k.startswith(prefixes))}
 
 
 def maybe_initialize_distributed() -> None:
@@ -212,9 +217,10 @@ def train(
   total_steps = optim.total_updates(config, updates_per_epoch) * accum
   tx, schedule = optim.make_optimizer(config, updates_per_epoch)
 
-  size = config.data.input_size
+  size = config.data.input_size  # HigherHRNet: a square side; top-down: (height, width)
+  h, w = (size, size) if isinstance(size, int) else size
   state, shardings = state_lib.create_train_state(
-      model, tx, jax.random.PRNGKey(config.seed), (1, size, size, 3), mesh, t.shard_params)
+      model, tx, jax.random.PRNGKey(config.seed), (1, h, w, 3), mesh, t.shard_params)
   train_step = step_lib.make_train_step(model, tx, config, mesh, shardings, schedule)
 
   ckpt = ckpt_lib.Checkpointer(workdir, keep=t.keep_checkpoints, every_steps=t.checkpoint_every_steps)
@@ -262,7 +268,7 @@ def train(
       return metrics
 
     while step < total_steps:
-      batch = sharding_lib.global_batch(device_batch(next(data_iter)), mesh)
+      batch = sharding_lib.global_batch(device_batch(next(data_iter), config.model.name), mesh)
       state, metrics = train_step(state, batch, step_lib.step_rng(state.rng, step))
       step += 1
       is_log_step = step % t.log_every_steps == 0 or step == total_steps

@@ -1,0 +1,151 @@
+"""Evaluating a top-down model on a split: person boxes, crops, joints, results, metrics.
+
+Person boxes come from a detection file in the official format (`test.person_boxes`) or,
+when none is given, from the ground truth (the official `USE_GT_BBOX` path: cleaned boxes,
+score 1). Each image is decoded once and all its crops go through the network in large
+batches; unreadable images are skipped and counted (their boxes give no detections).
+Then rescoring, per-image OKS-NMS, the results file and pycocotools, as the official
+`COCODataset.evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+
+from higherhrnet_jax import keypoints, visualize
+from higherhrnet_jax.data import coco as coco_data
+from higherhrnet_jax.evaluation import coco as coco_eval
+from higherhrnet_jax.topdown import evaluation, records
+from higherhrnet_jax.topdown.predictor import TopDownPredictor, crop_boxes
+
+_log = logging.getLogger(__name__)
+
+DRAW_SCORE_THRESHOLD = 0.2
+
+
+def person_boxes(config: Any, source: coco_data.KeypointSource, aspect_ratio: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """`(image_ids [N], centers [N, 2], scales [N, 2], box scores [N])` of the test crops."""
+  t = config.test
+  if t.person_boxes:
+    det = evaluation.load_person_detections(t.person_boxes, float(t.image_thre), aspect_ratio)
+    known = set(source.ids)
+    unknown = sorted(set(det.image_id.tolist()) - known)
+    if unknown:
+      raise ValueError(f'config.test.person_boxes: {t.person_boxes} has boxes on images that are '
+                       f'not in {source.annotation_file}: ids {unknown[:5]}')
+    return det.image_id, det.center, det.scale, det.score
+  people = records.coco_records(source, aspect_ratio)
+  ids = np.asarray([r.image_id for r in people], np.int64)
+  centers = np.asarray([r.center for r in people], np.float32).reshape(-1, 2)
+  scales = np.asarray([r.scale for r in people], np.float32).reshape(-1, 2)
+  return ids, centers, scales, np.ones(len(people))
+
+
+def evaluate(predictor: TopDownPredictor, config: Any, *,
+             source: coco_data.KeypointSource | None = None,
+             out_dir: str | pathlib.Path | None = None, max_images: int = 0, render: int = 0,
+             progress: bool = False) -> dict[str, Any]:
+  """Predicts every person box of the test split and scores the results.
+
+  Args:
+    predictor: compiled top-down inference.
+    config: full config (`dataset.*` locates the split, `test.*` the boxes and thresholds).
+    source: the split (default: `dataset.test_split`).
+    out_dir: receives `results.json`, `metrics.json` and up to `render` pictures.
+    max_images: evaluate only the first N images that have boxes (0: all).
+    render: number of pictures to draw.
+    progress: show a progress bar.
+
+  Returns:
+    The 10 COCO stats, `num_images`, `num_people` (crops), `num_skipped_images`,
+    `network_ms` / `crop_ms` per image and `wall_s`.
+  """
+  t_start = time.perf_counter()
+  source = source or coco_data.source_from_config(config, train=False)
+  spec = keypoints.spec_from_config(config.dataset.keypoints)
+  image_ids, centers, scales, scores = person_boxes(config, source, predictor.spec.input_wh[0] /
+                                                    predictor.spec.input_wh[1])
+  order = list(dict.fromkeys(image_ids.tolist()))  # images in order of first appearance
+  if max_images:
+    order = order[:max_images]
+  index_of = {image_id: i for i, image_id in enumerate(source.ids)}
+  by_image: dict[int, list[int]] = {}
+  for i, image_id in enumerate(image_ids.tolist()):
+    by_image.setdefault(image_id, []).append(i)
+  images = order
+  if progress:
+    import tqdm
+    images = tqdm.tqdm(order, desc='eval', unit='img')
+  skipped: list[str] = []
+  drawn: dict[int, np.ndarray] = {}
+  done_idx, joints = [], []
+  pending_idx, pending_crops = [], []
+  t_crop = t_net = 0.0
+
+  def flush():
+    nonlocal t_net
+    if not pending_idx:
+      return
+    t0 = time.perf_counter()
+    idx = np.asarray(pending_idx)
+    joints.append(predictor.predict_crops(np.concatenate(pending_crops), centers[idx], scales[idx]))
+    done_idx.extend(pending_idx)
+    pending_idx.clear()
+    pending_crops.clear()
+    t_net += time.perf_counter() - t0
+
+  for image_id in images:
+    try:
+      image = source.load_image(index_of[image_id])
+    except coco_data.CorruptImageError as e:
+      skipped.append(str(e))
+      _log.warning('skipping unreadable image: %s', e)
+      continue
+    if len(drawn) < render:
+      drawn[image_id] = image
+    t0 = time.perf_counter()
+    idx = by_image[image_id]
+    pending_crops.append(crop_boxes(image, centers[idx], scales[idx], predictor.spec))
+    pending_idx.extend(idx)
+    t_crop += time.perf_counter() - t0
+    if len(pending_idx) >= predictor.batch_size:
+      flush()
+  flush()
+  idx = np.asarray(done_idx, np.int64)
+  preds = np.concatenate(joints) if joints else np.zeros((0, spec.num_joints, 3), np.float32)
+  boxes = evaluation.crop_boxes(centers[idx], scales[idx], scores[idx])
+  t = config.test
+  results = evaluation.topdown_records(preds, boxes, image_ids[idx], float(t.in_vis_thre),
+                                       float(t.oks_thre), spec.sigmas)
+  # The whole split counts (an image without boxes is all misses), unless it was cut short.
+  metrics: dict[str, Any] = coco_eval.evaluate_coco(
+      source.annotation_file, results, sigmas=spec.sigmas, image_ids=order if max_images else None)
+  n = max(len(order) - len(skipped), 1)
+  metrics.update({
+      'num_images': len(order) - len(skipped),
+      'num_skipped_images': len(skipped),
+      'num_people': int(len(preds)),
+      'network_ms': 1e3 * t_net / n,
+      'crop_ms': 1e3 * t_crop / n,
+      'wall_s': time.perf_counter() - t_start,
+  })
+  if out_dir is not None:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    coco_eval.write_results(results, out / 'results.json')
+    (out / 'metrics.json').write_text(json.dumps(
+        {k: v for k, v in metrics.items() if k != 'summary'}, indent=2))
+    for image_id, image in drawn.items():
+      mine = [r for r in results if r['image_id'] == image_id]
+      poses = np.asarray([r['keypoints'] for r in mine], np.float32).reshape(-1, spec.num_joints, 3)
+      visualize.save_rgb(out / f'pred_{image_id}.png', visualize.draw_poses(
+          image, poses, spec, scores=np.asarray([r['score'] for r in mine]),
+          score_threshold=DRAW_SCORE_THRESHOLD))
+  return metrics
