@@ -87,8 +87,9 @@ class Progress:
     terms = ' '.join(
         f'{k.replace("_loss", "")} {v:.4g}' for k, v in sorted(metrics.items())
         if k.endswith(tuple('0123456789')))
-    parts = [f'step {step}/{self.total_steps} (ep {epoch:.2f})', f'loss {metrics["loss"]:.5g}',
-             f'[{terms}]']
+    parts = [f'step {step}/{self.total_steps} (ep {epoch:.2f})', f'loss {metrics["loss"]:.5g}']
+    if terms:  # per-stage terms (HigherHRNet); the top-down loss has one term, the total
+      parts.append(f'[{terms}]')
     if 'lr' in metrics:
       parts.append(f'lr {metrics["lr"]:.3g}')
     if speed:
