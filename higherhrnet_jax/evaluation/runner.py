@@ -22,6 +22,7 @@ from higherhrnet_jax.data import coco as coco_data
 from higherhrnet_jax.evaluation import coco as coco_eval
 from higherhrnet_jax.evaluation import crowdpose as crowdpose_eval
 from higherhrnet_jax.inference.predictor import Predictor
+from higherhrnet_jax.topdown import mpii
 from higherhrnet_jax.topdown import runner as topdown_runner
 from higherhrnet_jax.topdown.predictor import TopDownPredictor
 
@@ -147,7 +148,9 @@ class Evaluator:
   def __init__(self, config, out_dir: str | pathlib.Path | None = None):
     self.config = config
     self.out_dir = out_dir
-    self.source = coco_data.source_from_config(config, train=False)  # fails early if missing
+    # Fails early if the split is missing (MPII records are read by the top-down runner).
+    self.source = (None if config.dataset.name == 'mpii'
+                   else coco_data.source_from_config(config, train=False))
     self.last: dict[str, Any] | None = None
     self._predictor: Predictor | TopDownPredictor | None = None
 
@@ -172,7 +175,8 @@ def _keep_first(stream, n: int, store: dict):
 
 def format_table(metrics: dict[str, Any]) -> str:
   """The metrics as a small two-row table (names, values), plus the per-image times."""
-  names = [k for k in (*coco_eval.STATS_NAMES, 'APeasy', 'APmedium', 'APhard') if k in metrics]
+  names = [k for k in (*coco_eval.STATS_NAMES, 'APeasy', 'APmedium', 'APhard', *mpii.VALUE_NAMES)
+           if k in metrics]
   head = ' | '.join(f'{k:>8}' for k in names)
   vals = ' | '.join(f'{metrics[k]:8.4f}' for k in names)
   stages = [k[:-3] for k in ('crop_ms', 'network_ms', 'aggregation_ms', 'grouping_ms') if k in metrics]

@@ -21,7 +21,7 @@ import numpy as np
 from higherhrnet_jax import keypoints, visualize
 from higherhrnet_jax.data import coco as coco_data
 from higherhrnet_jax.evaluation import coco as coco_eval
-from higherhrnet_jax.topdown import evaluation, records
+from higherhrnet_jax.topdown import evaluation, mpii, records, samples
 from higherhrnet_jax.topdown.predictor import TopDownPredictor, crop_boxes
 
 _log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ def evaluate(predictor: TopDownPredictor, config: Any, *,
     The 10 COCO stats, `num_images`, `num_people` (crops), `num_skipped_images`,
     `network_ms` / `crop_ms` per image and `wall_s`.
   """
+  if config.dataset.name == 'mpii':
+    return evaluate_mpii(predictor, config, out_dir=out_dir, max_images=max_images,
+                         progress=progress)
   t_start = time.perf_counter()
   source = source or coco_data.source_from_config(config, train=False)
   spec = keypoints.spec_from_config(config.dataset.keypoints)
@@ -148,4 +151,57 @@ def evaluate(predictor: TopDownPredictor, config: Any, *,
       visualize.save_rgb(out / f'pred_{image_id}.png', visualize.draw_poses(
           image, poses, spec, scores=np.asarray([r['score'] for r in mine]),
           score_threshold=DRAW_SCORE_THRESHOLD))
+  return metrics
+
+
+def evaluate_mpii(predictor: TopDownPredictor, config: Any, *,
+                  out_dir: str | pathlib.Path | None = None, max_images: int = 0,
+                  progress: bool = False) -> dict[str, Any]:
+  """MPII: one crop per record of `annot/<split>.json` (float64 centre and scale), PCKh.
+
+  As the official MPII evaluation: no rescoring, no NMS, every record scored against
+  `gt_<split>.mat` (next to the annotation file); `pred.mat` holds the 1-based joints.
+  With `max_images`, only the records of the first N images are predicted; the others
+  count as misses.
+  """
+  t_start = time.perf_counter()
+  split = config.dataset.test_split
+  ann, image_dir = samples.split_files(config, split)
+  people = records.mpii_records(ann, image_dir, int(config.model.num_joints))
+  gt_file = ann.parent / f'gt_{split}.mat'
+  gt = mpii.load_ground_truth(gt_file)
+  by_image: dict[pathlib.Path, list[int]] = {}
+  for i, p in enumerate(people):
+    by_image.setdefault(p.image_path, []).append(i)
+  order = list(by_image)[:max_images] if max_images else list(by_image)
+  centers = np.stack([p.center for p in people])  # float64: the official MPII dtype
+  scales = np.stack([p.scale for p in people])
+  preds = np.full((len(people), int(config.model.num_joints), 3), np.nan, np.float32)
+  skipped: list[str] = []
+  images = order
+  if progress:
+    import tqdm
+    images = tqdm.tqdm(order, desc='eval', unit='img')
+  for path in images:
+    idx = by_image[path]
+    try:
+      image = records.load_image(people[idx[0]])
+    except coco_data.CorruptImageError as e:
+      skipped.append(str(e))
+      _log.warning('skipping unreadable image: %s', e)
+      continue
+    crops = crop_boxes(image, centers[idx], scales[idx], predictor.spec)
+    preds[idx] = predictor.predict_crops(crops, centers[idx], scales[idx])
+  result = mpii.pckh(preds, gt)
+  metrics: dict[str, Any] = dict(result.values)
+  metrics.update({'PCKh': float(result.mean), 'num_images': len(order) - len(skipped),
+                  'num_skipped_images': len(skipped), 'num_people': len(people),
+                  'wall_s': time.perf_counter() - t_start})
+  metrics['summary'] = '\n'.join(mpii.format_table(result.values))
+  if out_dir is not None:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mpii.write_pred_mat(out / 'pred.mat', np.nan_to_num(preds, nan=-1.0))
+    (out / 'metrics.json').write_text(json.dumps(
+        {k: v for k, v in metrics.items() if k != 'summary'}, indent=2))
   return metrics

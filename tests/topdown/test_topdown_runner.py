@@ -41,13 +41,13 @@ def _config(topdown_fixtures_dir, coco_sample_dir, boxes):
 class StandinPredictor(predictor_lib.TopDownPredictor):
   """The runner's predictor with the network replaced by the official stand-in heatmaps."""
 
-  def __init__(self, config, ref):
+  def __init__(self, config, crops, plain, flipped):
     self.config = config
     self.spec = predictor_lib.DecodeSpec.from_config(config)
     self.mesh = None
     self.variables = None
-    crops = ref['crop_uint8'].astype(np.int32)
-    plain, flipped = _nhwc(ref['standin_output']), _nhwc(ref['standin_output_flipped'])
+    crops = crops.astype(np.int32)
+    plain, flipped = _nhwc(plain), _nhwc(flipped)
 
     def network(variables, batch):
       batch = np.asarray(batch).astype(np.int32)
@@ -75,7 +75,9 @@ def test_standin_evaluation_reproduces_the_official_results_and_stats(
   ref, ev = official
   cfg = _config(topdown_fixtures_dir, coco_sample_dir, topdown_fixtures_dir / 'detections.json')
   monkeypatch.setattr(predictor_lib.jax, 'device_put', lambda x, s=None: x)
-  metrics = runner.evaluate(StandinPredictor(cfg, ref), cfg, out_dir=tmp_path, render=1)
+  standin = StandinPredictor(cfg, ref['crop_uint8'], ref['standin_output'],
+                             ref['standin_output_flipped'])
+  metrics = runner.evaluate(standin, cfg, out_dir=tmp_path, render=1)
   np.testing.assert_allclose([metrics[k] for k in coco_eval.STATS_NAMES],
                              ev['standin']['stats'], rtol=0, atol=1e-12)
   assert metrics['num_people'] == 17 and metrics['num_skipped_images'] == 0
@@ -116,3 +118,24 @@ def test_detection_file_on_unknown_images_is_refused(topdown_fixtures_dir, coco_
 
   with pytest.raises(ValueError, match='person_boxes.*999'):
     runner.person_boxes(cfg, coco.source_from_config(cfg, train=False), 0.75)
+
+
+def test_mpii_standin_evaluation_reproduces_the_official_pckh(
+    topdown_fixtures_dir, coco_sample_dir, tmp_path, monkeypatch):
+  # MPII: float64 centres and scales, no rescoring or NMS, PCKh of every valid record
+  # (README 16.6); the table must equal the official one to float64 rounding.
+  ref = dict(np.load(topdown_fixtures_dir / 'mpii_test_pipeline.npz'))
+  annot = topdown_fixtures_dir / 'mpii_annot'
+  cfg = config_lib.load_config(REPO / 'configs' / 'mpii' / 'hrnet_w32_256x256.py', [
+      f'dataset.test_annotations={annot / "valid.json"}', f'dataset.test_images={coco_sample_dir}',
+      'test.batch_size=4'])
+  monkeypatch.setattr(predictor_lib.jax, 'device_put', lambda x, s=None: x)
+  standin = StandinPredictor(cfg, ref['crop_uint8'], ref['output'], ref['output_flipped'])
+  metrics = runner.evaluate(standin, cfg, out_dir=tmp_path)
+  from higherhrnet_jax.topdown import mpii
+
+  np.testing.assert_allclose([metrics[k] for k in mpii.VALUE_NAMES], ref['values'], rtol=0, atol=1e-9)
+  assert metrics['PCKh'] == metrics['Mean'] and metrics['num_people'] == 13
+  import scipy.io
+
+  np.testing.assert_array_equal(scipy.io.loadmat(tmp_path / 'pred.mat')['preds'], ref['pred_mat'])
