@@ -284,6 +284,7 @@ class SampleSpec:
   num_joints_half_body: int = 8
   half_body_padding: float = 1.5
   box_padding: float = 1.25
+  codec: str = 'official'  # 'official' | 'dark' (sub-pixel targets) | 'udp' (unbiased warp + targets)
 
   def __post_init__(self):
     k = len(self.flip_index)
@@ -315,9 +316,8 @@ class SampleSpec:
     """Reads the `data` config block (`input_size` is (height, width), heatmaps 1/4)."""
     get = data_config.get if hasattr(data_config, 'get') else data_config.__getitem__
     codec = get('codec', 'official')
-    if codec != 'official':
-      raise ValueError(f"config.data.codec: the top-down sample builder implements 'official', "
-                       f'got {codec!r}')
+    if codec not in ('official', 'dark', 'udp'):
+      raise ValueError(f"config.data.codec: 'official', 'dark' or 'udp', got {codec!r}")
     h, w = (int(v) for v in get('input_size'))
     heatmap = get('heatmap_size', None)
     heatmap_size = (w // 4, h // 4) if heatmap is None else tuple(int(v) for v in heatmap)
@@ -342,4 +342,5 @@ class SampleSpec:
         num_joints_half_body=int(get('num_joints_half_body', 8)),
         half_body_padding=float(get('half_body_padding', 1.5)),
         box_padding=float(get('box_padding', 1.25)),
+        codec=codec,
     )

@@ -34,6 +34,7 @@ from higherhrnet_jax import keypoints
 from higherhrnet_jax.data import coco
 from higherhrnet_jax.data import transforms as data_transforms
 from higherhrnet_jax.inference.transforms import get_affine_transform
+from higherhrnet_jax.topdown import dark, udp
 from higherhrnet_jax.topdown.records import (PIXEL_STD, PersonRecord, SampleSpec, coco_records, load_image,
                                              mpii_records)
 
@@ -348,7 +349,10 @@ def augment(image_rgb_uint8: np.ndarray, record: PersonRecord, draws: Draws,
     joints = joints * joints_vis
     t = center.dtype.type
     center[0] = t(width) - center[0] - t(1)
-  trans = get_affine_transform(center, scale, rotation, spec.image_size)
+  if spec.codec == 'udp':
+    trans = udp.udp_warp_matrix(center, scale, rotation, spec.image_size)
+  else:
+    trans = get_affine_transform(center, scale, rotation, spec.image_size)
   crop = cv2.warpAffine(np.ascontiguousarray(image), trans, tuple(int(v) for v in spec.image_size),
                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
   vis = joints_vis[:, 0] > 0
@@ -374,8 +378,16 @@ def make_train_sample(image_rgb_uint8: np.ndarray, record: PersonRecord, draws: 
     'rotation' float64, 'flipped' and 'half_body' bool.
   """
   c = augment(image_rgb_uint8, record, draws, spec)
-  target, weight = generate_target(c.joints, c.joints_vis, spec.image_size, spec.heatmap_size,
-                                   spec.sigma)
+  if spec.codec == 'official':
+    target, weight = generate_target(c.joints, c.joints_vis, spec.image_size, spec.heatmap_size,
+                                     spec.sigma)
+  elif spec.codec == 'dark':
+    stride = np.asarray(spec.image_size, np.float64) / np.asarray(spec.heatmap_size, np.float64)
+    target, weight = dark.encode_unbiased(c.joints[:, :2], c.joints_vis[:, 0], spec.heatmap_size,
+                                          spec.sigma, stride)
+  else:
+    target, weight = udp.encode_udp(c.joints[:, :2], c.joints_vis[:, 0], spec.image_size,
+                                    spec.heatmap_size, spec.sigma)
   return {
       'image': data_transforms.normalize_flip(c.image, False),
       'target': target,
