@@ -330,7 +330,7 @@ def test_sample_spec_from_config():
   big = R.SampleSpec.from_config(pose_hrnet.with_input_size(cfg, 384, 288).data, keypoints.COCO)
   assert big.image_size == (288, 384) and big.heatmap_size == (72, 96) and big.sigma == 3
   with pytest.raises(ValueError, match='codec'):
-    R.SampleSpec.from_config({**COCO_256, 'codec': 'dark'}, keypoints.COCO)
+    R.SampleSpec.from_config({**COCO_256, 'codec': 'bogus'}, keypoints.COCO)
   with pytest.raises(ValueError, match='upper_body_ids'):
     R.SampleSpec.from_config(COCO_256, keypoints.CROWDPOSE)
   with pytest.raises(ValueError, match='sigma'):
