@@ -3,6 +3,15 @@
   python -m higherhrnet_jax.demo --config=configs/coco/higherhrnet_w32_512.py \
       --checkpoint=pose_higher_hrnet_w32_512.pth --input=people.jpg --output=out/
 
+Top-down models need the people: a HigherHRNet that finds them, or boxes:
+
+  python -m higherhrnet_jax.demo --config=configs/coco/hrnet_w32_256x192.py \
+      --checkpoint=pose_hrnet_w32_256x192.pth --input=people.jpg --output=out/ \
+      --people_config=configs/coco/higherhrnet_w32_512.py \
+      --people_checkpoint=pose_higher_hrnet_w32_512.pth      # or --boxes=boxes.json
+
+(`boxes.json`: a list of `[x, y, w, h]` person boxes in image pixels, used for every input.)
+
 Images give `<name>.png` with the skeletons and `<name>.json` with the people (joints in
 image pixels, joint scores, person score); a video gives `<name>.mp4` (same frame rate).
 """
@@ -20,6 +29,7 @@ import numpy as np
 from higherhrnet_jax import cli, config as config_lib, keypoints, visualize, weights
 from higherhrnet_jax.data.coco import CorruptImageError, decode_image
 from higherhrnet_jax.inference.predictor import Prediction, Predictor
+from higherhrnet_jax.topdown import detector_free
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm'}
@@ -82,6 +92,28 @@ def run_video(predictor: Predictor, path: pathlib.Path, out: pathlib.Path,
   return frames
 
 
+def _two_stage(parser: argparse.ArgumentParser, a: argparse.Namespace, config, variables):
+  """The top-down predictor, people from `--boxes` or from `--people_config` / checkpoint."""
+  if bool(a.boxes) == bool(a.people_config):
+    parser.error('a top-down config needs exactly one of --boxes and --people_config')
+  people = None
+  if a.people_config:
+    if not a.people_checkpoint:
+      parser.error('--people_config needs --people_checkpoint')
+    people_config = config_lib.load_config(a.people_config)
+    people = (people_config, weights.load(a.people_checkpoint, people_config.model))
+  two_stage = detector_free.make(config, variables, people)
+  if not a.boxes:
+    return two_stage
+  try:
+    boxes = np.asarray(json.loads(pathlib.Path(a.boxes).read_text()), np.float64)
+  except (OSError, ValueError) as e:
+    parser.error(f'--boxes: cannot read {a.boxes}: {e}')
+  if boxes.ndim != 2 or boxes.shape[1] != 4:
+    parser.error(f'--boxes: {a.boxes} must hold a list of [x, y, w, h], got shape {boxes.shape}')
+  return lambda image: two_stage(image, boxes)
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   path, overrides, rest = cli.split_config_args(argv)
@@ -90,9 +122,18 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--input', required=True, help='image, folder of images, or video')
   p.add_argument('--output', required=True, help='output folder')
   p.add_argument('--score_threshold', type=float, default=0.1)
+  p.add_argument('--boxes', default='', help='top-down: JSON list of [x, y, w, h] person boxes')
+  p.add_argument('--people_config', default='', help='top-down: HigherHRNet config finding people')
+  p.add_argument('--people_checkpoint', default='', help='top-down: its checkpoint')
   a = p.parse_args(rest)
   config = config_lib.load_config(path, overrides)
-  predictor = Predictor(config, weights.load(a.checkpoint, config.model))
+  variables = weights.load(a.checkpoint, config.model)
+  if config.model.name == 'pose_hrnet':
+    predictor = _two_stage(p, a, config, variables)
+  else:
+    if a.boxes or a.people_config:
+      p.error('--boxes / --people_config apply to top-down configs only')
+    predictor = Predictor(config, variables)
   spec = keypoints.spec_from_config(config.dataset.keypoints)
   src, out = pathlib.Path(a.input), pathlib.Path(a.output)
   out.mkdir(parents=True, exist_ok=True)

@@ -43,3 +43,22 @@ def test_demo_video(tmp_path, weights):
   while cap.read()[0]:
     frames += 1
   assert frames == 3
+
+
+def test_demo_top_down_with_boxes_and_with_a_people_model(tmp_path, weights, coco_sample_dir,
+                                                          topdown_fixtures_dir):
+  td = str(topdown_fixtures_dir / 'tiny_state_dict.npz')
+  boxes = tmp_path / 'boxes.json'
+  boxes.write_text(json.dumps([[100, 50, 120, 300], [300, 60, 100, 280]]))
+  image = coco_sample_dir / '000000000785.jpg'
+  demo.main(['--config=configs/coco/hrnet_tiny.py', f'--checkpoint={td}', f'--input={image}',
+             f'--output={tmp_path / "a"}', f'--boxes={boxes}'])
+  people = json.loads((tmp_path / 'a' / '000000000785.json').read_text())
+  assert 1 <= len(people) <= 2 and len(people[0]['keypoints']) == 17
+  demo.main(['--config=configs/coco/hrnet_tiny.py', f'--checkpoint={td}', f'--input={image}',
+             f'--output={tmp_path / "b"}', '--people_config=configs/tiny.py',
+             f'--people_checkpoint={weights}'])
+  assert (tmp_path / 'b' / '000000000785.png').is_file()
+  with pytest.raises(SystemExit):  # a top-down model without people
+    demo.main(['--config=configs/coco/hrnet_tiny.py', f'--checkpoint={td}', f'--input={image}',
+               f'--output={tmp_path / "c"}'])
