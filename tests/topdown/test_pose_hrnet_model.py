@@ -138,3 +138,27 @@ def test_summary_reproduces_the_papers_gflops(config_name, macs, gflops):
   # No transposed convolution: true MACs equal the official weight-numel convention.
   assert info.macs == info.macs_official == macs
   assert round(info.gflops_published, 2) == gflops
+
+
+def test_imagenet_backbone_initialises_the_top_down_model(topdown_fixtures_dir, tmp_path):
+  # An ImageNet classification state dict: the backbone keys plus a classifier whose
+  # `final_layer.0.*` (1024 -> 2048 conv) must not be taken for the pose head.
+  from higherhrnet_jax import weights
+
+  cfg = _config('coco/hrnet_tiny.py')
+  state = dict(np.load(topdown_fixtures_dir / 'tiny_state_dict.npz'))
+  imagenet = {k: v for k, v in state.items() if not k.startswith('final_layer.')}
+  imagenet['final_layer.0.weight'] = np.ones((2048, 1024, 1, 1), np.float32)
+  imagenet['classifier.weight'] = np.ones((1000, 2048), np.float32)
+  path = tmp_path / 'imagenet.npz'
+  np.savez(path, **imagenet)
+  init = models.init_variables(models.build(cfg.model), seed=3)
+  with pytest.raises(ValueError, match='no pose head'):
+    weights.load(path, cfg.model)
+  loaded = weights.load(path, cfg.model, init=init)
+  official = convert.to_official(loaded)
+  for k in imagenet:
+    if k in official and not k.endswith('num_batches_tracked'):
+      np.testing.assert_array_equal(official[k], imagenet[k], err_msg=k)
+  np.testing.assert_array_equal(loaded['params']['final_layer']['kernel'],
+                                init['params']['final_layer']['kernel'])

@@ -1,7 +1,9 @@
 """Trains a few steps on generated batches and appends `step loss-as-hex` lines to a file.
 
 Used by the kill/resume test: `python resume_run.py WORKDIR LOSSFILE STEPS MODEL`, MODEL
-being 'standin' (small stand-in module, fast to compile) or 'tiny' (configs/tiny.py).
+being 'standin' (small stand-in module, fast to compile), 'tiny' (configs/tiny.py) or
+'topdown' (configs/coco/hrnet_tiny.py at 64x64 on the COCO sample's people through the grain
+pipeline, whose position is part of the checkpoint).
 """
 
 import os
@@ -20,11 +22,17 @@ REPO = os.path.join(os.path.dirname(__file__), '..', '..')
 
 
 def main(workdir, loss_file, steps, model_name):
-  config = config_lib.load_config(os.path.join(REPO, 'configs', 'tiny.py'), [
-      'data.input_size=64', 'data.output_size=(16,32)', 'data.source=synthetic',
-      f'train.num_steps={steps}', 'train.checkpoint_every_steps=2', 'train.keep_checkpoints=2',
-      'train.log_every_steps=1000', 'train.lr=0.01',
-  ])
+  common = [f'train.num_steps={steps}', 'train.checkpoint_every_steps=2', 'train.keep_checkpoints=2',
+            'train.log_every_steps=1000', 'train.lr=0.01']
+  if model_name == 'topdown':
+    sample = os.environ['COCO_SAMPLE']
+    config = config_lib.load_config(os.path.join(REPO, 'configs', 'coco', 'hrnet_tiny.py'), [
+        'data.input_size=(64, 64)', f'dataset.train_annotations={sample}/test_coco.json',
+        f'dataset.train_images={sample}', 'data.num_workers=0', 'train.eval_every_epochs=-1',
+        *common])
+  else:
+    config = config_lib.load_config(os.path.join(REPO, 'configs', 'tiny.py'), [
+        'data.input_size=64', 'data.output_size=(16,32)', 'data.source=synthetic', *common])
   model = None
   if model_name == 'standin':
     import tiny_standin

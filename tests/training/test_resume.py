@@ -20,7 +20,8 @@ REPO = HERE.parent.parent
 
 
 def _start(workdir, loss_file, steps, model):
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
+             COCO_SAMPLE=str(REPO.parent / 'shared' / 'data' / 'coco_sample'))
   return subprocess.Popen([sys.executable, str(HERE / 'resume_run.py'), str(workdir), str(loss_file),
                            str(steps), model], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -69,6 +70,11 @@ def _kill_and_resume(tmp_path, model, steps, kill_after):
 
 def test_sigkill_and_restart_reproduce_losses_exactly(tmp_path):
   _kill_and_resume(tmp_path, 'standin', steps=8, kill_after=5)
+
+
+def test_sigkill_and_restart_reproduce_losses_exactly_top_down_real_data(tmp_path, coco_sample_dir):
+  # The top-down family on real crops: the grain iterator's position resumes with the state.
+  _kill_and_resume(tmp_path, 'topdown', steps=8, kill_after=5)
 
 
 @pytest.mark.slow
