@@ -162,3 +162,14 @@ def test_imagenet_backbone_initialises_the_top_down_model(topdown_fixtures_dir, 
       np.testing.assert_array_equal(official[k], imagenet[k], err_msg=k)
   np.testing.assert_array_equal(loaded['params']['final_layer']['kernel'],
                                 init['params']['final_layer']['kernel'])
+
+
+def test_tiny_eval_in_bfloat16_stays_close(tiny, topdown_fixtures_dir):
+  # Not a parity check: bfloat16 compute (float32 parameters) keeps ~3 significant digits,
+  # so the output drifts by ~1e-2 of its maximum over the network's depth. Bound: 5e-2.
+  cfg, _, variables = tiny
+  model = models.build({**cfg.model.to_dict(), 'dtype': 'bfloat16'})
+  ref = np.load(topdown_fixtures_dir / 'tiny_eval.npz')
+  output = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, nhwc(ref['input']))
+  assert output.dtype == np.float32
+  assert 1e-4 < rel_err(output, nhwc(ref['output'])) < 5e-2  # bf16 really used, and close

@@ -72,6 +72,7 @@ def test_sigkill_and_restart_reproduce_losses_exactly(tmp_path):
   _kill_and_resume(tmp_path, 'standin', steps=8, kill_after=5)
 
 
+@pytest.mark.slow  # about a minute: three processes compile the top-down model
 def test_sigkill_and_restart_reproduce_losses_exactly_top_down_real_data(tmp_path, coco_sample_dir):
   # The top-down family on real crops: the grain iterator's position resumes with the state.
   _kill_and_resume(tmp_path, 'topdown', steps=8, kill_after=5)
