@@ -131,6 +131,16 @@ def write_results(records: Sequence[dict], path: str | pathlib.Path) -> None:
   path.write_text(json.dumps(list(records), sort_keys=True, indent=4))
 
 
+def write_run(out_dir: str | pathlib.Path, records: Sequence[dict], metrics: dict) -> pathlib.Path:
+  """Writes an evaluation's `results.json` and `metrics.json` (numbers only); returns the folder."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  write_results(records, out / 'results.json')
+  (out / 'metrics.json').write_text(json.dumps(
+      {k: v for k, v in metrics.items() if k != 'summary'}, indent=2))
+  return out
+
+
 def _load_gt(ground_truth):
   from pycocotools.coco import COCO
 

@@ -9,7 +9,6 @@ metrics), never fatal and never silent.
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import time
@@ -105,11 +104,7 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
       'wall_s': time.perf_counter() - t_start,
   })
   if out_dir is not None:
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    coco_eval.write_results(records, out / 'results.json')
-    (out / 'metrics.json').write_text(json.dumps(
-        {k: v for k, v in metrics.items() if k != 'summary'}, indent=2))
+    out = coco_eval.write_run(out_dir, records, metrics)
     by_id = dict(zip(ids, zip(poses, scores)))
     for image_id, image in drawn.items():
       if image_id in by_id:

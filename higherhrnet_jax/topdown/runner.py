@@ -140,11 +140,7 @@ def evaluate(predictor: TopDownPredictor, config: Any, *,
       'wall_s': time.perf_counter() - t_start,
   })
   if out_dir is not None:
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    coco_eval.write_results(results, out / 'results.json')
-    (out / 'metrics.json').write_text(json.dumps(
-        {k: v for k, v in metrics.items() if k != 'summary'}, indent=2))
+    out = coco_eval.write_run(out_dir, results, metrics)
     for image_id, image in drawn.items():
       mine = [r for r in results if r['image_id'] == image_id]
       poses = np.asarray([r['keypoints'] for r in mine], np.float32).reshape(-1, spec.num_joints, 3)

@@ -10,12 +10,15 @@ of the fixtures). Another OpenCV 5 release rounds a few interpolations different
 about 10% of them by up to 5 levels.
 """
 
-import cv2
+import functools
+
 import numpy as np
 import pytest
 
 from higherhrnet_jax import config as config_lib
 from higherhrnet_jax.data import coco, normalization, transforms
+
+import numerics
 
 FIXTURES = ['train_sample.npz', 'more/train_sample.npz']
 
@@ -36,18 +39,9 @@ def _draws(d, p):
       dx=int(d[p + 'draw_dx']), dy=int(d[p + 'draw_dy']), flip=bool(d[p + 'flipped']))
 
 
-FIXTURE_OPENCV = cv2.__version__.startswith('5.0.')
-MAX_OFF_FRACTION = 1e-3  # of the values, each off by at most one grey level (other OpenCV)
-
-
-def _assert_warp_matches(actual: np.ndarray, expected: np.ndarray) -> None:
-  """Warped uint8 (or 0/1) arrays: exact with the fixtures' OpenCV, else within the bound."""
-  if FIXTURE_OPENCV:
-    np.testing.assert_array_equal(actual, expected)
-    return
-  diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
-  assert actual.shape == expected.shape and diff.max(initial=0) <= 1, diff.max(initial=0)
-  assert np.count_nonzero(diff) <= MAX_OFF_FRACTION * diff.size, np.count_nonzero(diff)
+MAX_OFF_FRACTION = 1e-3  # of the values, each off by one grey level (numerics.FIXTURE_OPENCV)
+assert_warp_matches = functools.partial(numerics.assert_warp_matches,
+                                        max_off_fraction=MAX_OFF_FRACTION)
 
 
 def _uint8_from_normalized(lut, image_chw):
@@ -82,11 +76,11 @@ def test_affine_and_warps_match_official(src, cfg, fixtures_dir, fixture):
     np.testing.assert_allclose(par.center, d[p + 'center'], rtol=0, atol=1e-12)
     np.testing.assert_allclose(a['mat_input'], d[p + 'mat_input'], rtol=0, atol=1e-9)
     expected_u8 = _uint8_from_normalized(d['norm_lut'], d[p + 'image'])
-    _assert_warp_matches(a['image'], expected_u8)
+    assert_warp_matches(a['image'], expected_u8)
     for s, res in enumerate((128, 256)):
       np.testing.assert_allclose(a[f'mat_{s}'], d[p + f'mat_output_{res}'], rtol=0, atol=1e-9)
       np.testing.assert_allclose(a[f'joints_xy_{s}'], d[p + f'joints_xy_{res}'], rtol=0, atol=1e-9)
-      _assert_warp_matches(a[f'mask_{s}'], d[p + f'mask_{res}'])
+      assert_warp_matches(a[f'mask_{s}'], d[p + f'mask_{res}'])
 
 
 @pytest.mark.parametrize('fixture', FIXTURES)
@@ -101,7 +95,7 @@ def test_make_train_sample_matches_official(src, cfg, fixtures_dir, fixture):
     assert out['image'].shape == (512, 512, 3) and out['image'].dtype == np.float32
     lut = d['norm_lut']
     # Our float32 image must consist of table values too (the normalization is exact).
-    _assert_warp_matches(_uint8_from_normalized(lut, out['image'].transpose(2, 0, 1)),
+    assert_warp_matches(_uint8_from_normalized(lut, out['image'].transpose(2, 0, 1)),
                          _uint8_from_normalized(lut, d[p + 'image']))
     for s, res in enumerate((128, 256)):
       assert out[f'heatmaps_{s}'].shape == (res, res, 17)
@@ -109,7 +103,7 @@ def test_make_train_sample_matches_official(src, cfg, fixtures_dir, fixture):
       np.testing.assert_array_equal(out[f'heatmaps_{s}'].transpose(2, 0, 1),
                                     d[p + f'heatmap_{res}'])
       assert out[f'masks_{s}'].dtype == np.float32
-      _assert_warp_matches(out[f'masks_{s}'], d[p + f'mask_{res}'])
+      assert_warp_matches(out[f'masks_{s}'], d[p + f'mask_{res}'])
       assert out[f'joints_{s}'].dtype == np.int32
       np.testing.assert_array_equal(out[f'joints_{s}'], d[p + f'joints_{res}'])
 

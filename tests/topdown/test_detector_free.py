@@ -3,7 +3,6 @@
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 

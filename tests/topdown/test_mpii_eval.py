@@ -8,9 +8,9 @@ within one grey level on <= 0.5 % of the values with an OpenCV other than 5.0 (a
 `test_topdown_decode.py`).
 """
 
+import functools
 import json
 
-import cv2
 import numpy as np
 import pytest
 import scipy.io
@@ -19,18 +19,11 @@ from higherhrnet_jax import keypoints
 from higherhrnet_jax.data import coco
 from higherhrnet_jax.topdown import decode, evaluation, mpii, records
 
-FIXTURE_OPENCV = cv2.__version__.startswith('5.0.')
-MAX_OFF_FRACTION = 5e-3  # of the values, each off by at most one grey level (other OpenCV)
+import numerics
 
-
-def _assert_warp_matches(actual: np.ndarray, expected: np.ndarray) -> None:
-  assert actual.shape == expected.shape and actual.dtype == expected.dtype
-  if FIXTURE_OPENCV:
-    np.testing.assert_array_equal(actual, expected)
-    return
-  diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
-  assert diff.max(initial=0) <= 1, diff.max(initial=0)
-  assert np.count_nonzero(diff) <= MAX_OFF_FRACTION * diff.size, np.count_nonzero(diff)
+MAX_OFF_FRACTION = 5e-3  # of the values, each off by one grey level (numerics.FIXTURE_OPENCV)
+assert_warp_matches = functools.partial(numerics.assert_warp_matches,
+                                        max_off_fraction=MAX_OFF_FRACTION)
 
 
 @pytest.fixture(scope='module')
@@ -156,7 +149,7 @@ def test_mpii_test_path(topdown_fixtures_dir, tp, gt_path, coco_sample_dir, tmp_
                                                     scale[i].astype(np.float32), (256, 256))
                               - tp['trans'][i]).max() > 1e-9
     image = coco.decode_image(coco_sample_dir / str(tp['image_file'][i]))
-    _assert_warp_matches(decode.crop(image, center[i], scale[i], (256, 256)), tp['crop_uint8'][i])
+    assert_warp_matches(decode.crop(image, center[i], scale[i], (256, 256)), tp['crop_uint8'][i])
   assert float32_differs >= 1  # float64 records matter: the check bites
 
   nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))

@@ -17,7 +17,8 @@ from higherhrnet_jax.data.annotations import AnnotationError
 from higherhrnet_jax.topdown import records as R
 from higherhrnet_jax.topdown import samples as S
 
-from test_topdown_samples import (FIXTURE_OPENCV, assert_normalized, assert_warp_matches,
+from numerics import FIXTURE_OPENCV
+from test_topdown_samples import (assert_normalized, assert_warp_matches,
                                   fixture_draws)
 
 MPII_DATA = dict(input_size=(256, 256), sigma=2.0, scale_factor=0.25, rot_factor=30.0,

@@ -14,7 +14,8 @@ Tolerances (fixture README sections 8 and 10):
     0.5 / sign, float64 affine rounded to float32: no transcendental function involved).
 """
 
-import cv2
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,20 +27,12 @@ from higherhrnet_jax.inference.transforms import get_affine_transform
 from higherhrnet_jax.topdown import decode
 from higherhrnet_jax.topdown.records import box_to_center_scale
 
+import numerics
+
 ASPECT = 192 / 256
-FIXTURE_OPENCV = cv2.__version__.startswith('5.0.')
-MAX_OFF_FRACTION = 5e-3  # of the values, each off by at most one grey level (other OpenCV)
-
-
-def _assert_warp_matches(actual: np.ndarray, expected: np.ndarray) -> None:
-  """Warped uint8 crops: exact with the fixtures' OpenCV, else within the bound above."""
-  assert actual.shape == expected.shape and actual.dtype == expected.dtype
-  if FIXTURE_OPENCV:
-    np.testing.assert_array_equal(actual, expected)
-    return
-  diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
-  assert diff.max(initial=0) <= 1, diff.max(initial=0)
-  assert np.count_nonzero(diff) <= MAX_OFF_FRACTION * diff.size, np.count_nonzero(diff)
+MAX_OFF_FRACTION = 5e-3  # of the values, each off by one grey level (numerics.FIXTURE_OPENCV)
+assert_warp_matches = functools.partial(numerics.assert_warp_matches,
+                                        max_off_fraction=MAX_OFF_FRACTION)
 
 
 def _nhwc(a: np.ndarray) -> np.ndarray:
@@ -84,7 +77,7 @@ def test_crafted_boxes(pipe, images, i):
                                pipe[p + key], rtol=0, atol=1e-9, err_msg=key)
   image = images(pipe[p + 'image_id'])
   crop = decode.crop(image, center, scale, (192, 256))
-  _assert_warp_matches(crop, pipe[p + 'crop_256x192'])
+  assert_warp_matches(crop, pipe[p + 'crop_256x192'])
   if i == 3:  # centre x = -1: the padding is skipped
     np.testing.assert_array_equal(scale, np.float32([0.15, 0.2]))
   if i == 5:  # fully outside the image
@@ -107,7 +100,7 @@ def test_detection_crops(pipe, images):
     # The float64 scale (the training path) moves some of these matrices: the check bites.
     float64_differs += np.abs(get_affine_transform(c, s, 0, (192, 256)) - boxes[i]).max() > 1e-9
     crop = decode.crop(images(pipe['crop_image_id'][i]), c, s, (192, 256))
-    _assert_warp_matches(crop, pipe['crop_uint8'][i])
+    assert_warp_matches(crop, pipe['crop_uint8'][i])
   assert float64_differs >= 1
   first = transforms.normalize_flip(pipe['crop_uint8'][0], False).transpose(2, 0, 1)
   np.testing.assert_array_equal(first, pipe['crop_input_first'])

@@ -9,7 +9,6 @@ wherever the heatmap maximum and its neighbour comparisons are not within that n
 
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 

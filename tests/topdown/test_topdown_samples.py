@@ -14,6 +14,7 @@ With the official random draws every array must match. Tolerances, each with its
   * normalized inputs: exactly the `norm_lut` value of our uint8 crop (table lookup).
 """
 
+import functools
 import dataclasses
 import json
 import pathlib
@@ -29,8 +30,12 @@ from higherhrnet_jax.data import coco
 from higherhrnet_jax.topdown import records as R
 from higherhrnet_jax.topdown import samples as S
 
-FIXTURE_OPENCV = cv2.__version__.startswith('5.0.')
-MAX_OFF_FRACTION = 1e-3  # of the uint8 values, each off by one grey level (other OpenCV)
+import numerics
+from numerics import FIXTURE_OPENCV
+
+MAX_OFF_FRACTION = 1e-3  # of the values, each off by one grey level (numerics.FIXTURE_OPENCV)
+assert_warp_matches = functools.partial(numerics.assert_warp_matches,
+                                        max_off_fraction=MAX_OFF_FRACTION)
 
 COCO_256 = dict(input_size=(256, 192), sigma=2.0)
 COCO_384 = dict(input_size=(384, 288), sigma=3.0)
@@ -68,17 +73,6 @@ def fixture_draws(d, prefix: str, num_visible: int, spec: R.SampleSpec) -> S.Dra
   if draws.u_hb is not None:
     assert rng.items[0][0] == 'np.random.rand'
   return draws
-
-
-def assert_warp_matches(actual: np.ndarray, expected: np.ndarray) -> None:
-  """Warped uint8 crops: exact with the fixtures' OpenCV, else within the stated bound."""
-  assert actual.shape == expected.shape and actual.dtype == expected.dtype
-  if FIXTURE_OPENCV:
-    np.testing.assert_array_equal(actual, expected)
-    return
-  diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
-  assert diff.max(initial=0) <= 1, diff.max(initial=0)
-  assert np.count_nonzero(diff) <= MAX_OFF_FRACTION * diff.size, np.count_nonzero(diff)
 
 
 def assert_normalized(image: np.ndarray, crop_uint8: np.ndarray, lut: np.ndarray) -> None:
