@@ -35,6 +35,11 @@ def _rotation(rot_deg: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.cos(a), np.sin(a)
 
 
+def _input_per_heatmap_px(input_size_wh: Sequence[int],
+                          heatmap_size_wh: Sequence[int]) -> np.ndarray:
+  return (np.asarray(input_size_wh, np.float64) - 1) / (np.asarray(heatmap_size_wh, np.float64) - 1)
+
+
 def udp_warp_matrix(center: Sequence[float], scale: Sequence[float], rot: float,
                     input_size_wh: Sequence[int], *, pixel_std: float = PIXEL_STD,
                     inv: bool = False) -> np.ndarray:
@@ -91,7 +96,7 @@ def encode_udp(joints_xy_input_px: np.ndarray, visible: np.ndarray, input_size_w
     misses the map).
   """
   w, h = int(heatmap_size_wh[0]), int(heatmap_size_wh[1])
-  factor = (np.asarray(input_size_wh, np.float64) - 1) / (np.asarray(heatmap_size_wh, np.float64) - 1)
+  factor = _input_per_heatmap_px(input_size_wh, heatmap_size_wh)
   mu = np.asarray(joints_xy_input_px, np.float64).reshape(-1, 2) / factor
   weight = np.asarray(visible, np.float32).reshape(-1).copy()
   radius = 3 * sigma
@@ -116,7 +121,7 @@ def encode_udp(joints_xy_input_px: np.ndarray, visible: np.ndarray, input_size_w
 def to_input(coords_heatmap: np.ndarray, input_size_wh: Sequence[int],
              heatmap_size_wh: Sequence[int]) -> np.ndarray:
   """Heatmap -> input-crop pixels: `q = i (W - 1) / (w - 1)` (float64)."""
-  factor = (np.asarray(input_size_wh, np.float64) - 1) / (np.asarray(heatmap_size_wh, np.float64) - 1)
+  factor = _input_per_heatmap_px(input_size_wh, heatmap_size_wh)
   return np.asarray(coords_heatmap, np.float64) * factor
 
 

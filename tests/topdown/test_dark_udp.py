@@ -124,7 +124,8 @@ def test_refine_dark_matches_mmpose_with_cv2_blur(ksize):
   hm = np.zeros((h, w, k), np.float32)
   for j in range(k):  # two blobs of unequal size and height plus noise: not a Gaussian
     for _ in range(2):
-      cx, cy, s, a = rng.uniform(6, w - 6), rng.uniform(6, h - 6), rng.uniform(1.5, 3), rng.uniform(.3, 1)
+      cx, cy = rng.uniform(6, w - 6), rng.uniform(6, h - 6)
+      s, a = rng.uniform(1.5, 3), rng.uniform(.3, 1)
       hm[..., j] += a * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s * s))
   hm += 0.02 * rng.standard_normal(hm.shape).astype(np.float32)
   coords, _ = dark.heatmap_maximum(hm[None])
@@ -268,7 +269,8 @@ def test_udp_flip_back_is_exact_by_construction():
   q = rng.integers(10 * 2, 182 * 2, (17, 2)) / 2.
   q[(q / 4) % 1 == 0.5] += 0.5
   target, _ = udp.encode_udp(q, np.ones(17), in_wh, hm_wh, 2)
-  target_m, _ = udp.encode_udp(_mirror_joints(q, 193, COCO_FLIP_INDEX), np.ones(17), in_wh, hm_wh, 2)
+  q_m = _mirror_joints(q, 193, COCO_FLIP_INDEX)
+  target_m, _ = udp.encode_udp(q_m, np.ones(17), in_wh, hm_wh, 2)
   back = np.asarray(jax.jit(udp.flip_back_udp, static_argnums=1)(target_m[None], COCO_FLIP_INDEX))
   np.testing.assert_array_equal(back[0], target)
   avg = (target[None] + back) * np.float32(0.5)
@@ -276,14 +278,14 @@ def test_udp_flip_back_is_exact_by_construction():
   np.testing.assert_array_equal(c_avg, c_one)
   # The official one-column shift (README 8.3) would move every joint right by one column.
   # (Checked where the 13-px window stays inside the map after the shift: a window cut by
-  # the border is not translated, only clipped.)
+  # the left or right border is not translated, only clipped.)
   shifted = back.copy()
   shifted[:, :, 1:] = back[:, :, :-1]
-  mu = q / 4
-  inside = (mu[:, 0] >= 7) & (mu[:, 0] <= hm_wh[0] - 8) & (mu[:, 1] >= 6) & (mu[:, 1] <= hm_wh[1] - 7)
+  mu_x = q[:, 0] / 4
+  inside = (mu_x >= 7) & (mu_x <= hm_wh[0] - 8)
   assert inside.sum() >= 10
-  np.testing.assert_allclose((_dark_decode(shifted[0]) - c_one)[inside], [[1, 0]] * int(inside.sum()),
-                             atol=1e-3)
+  moved = (_dark_decode(shifted[0]) - c_one)[inside]
+  np.testing.assert_allclose(moved, np.tile([1., 0.], (int(inside.sum()), 1)), atol=1e-3)
 
 
 def test_udp_flip_back_generic_sizes_and_involution():
@@ -291,7 +293,8 @@ def test_udp_flip_back_generic_sizes_and_involution():
   rng = np.random.default_rng(6)
   q = rng.uniform(15, 175, (17, 2))
   target, _ = udp.encode_udp(q, np.ones(17), in_wh, hm_wh, 2)
-  target_m, _ = udp.encode_udp(_mirror_joints(q, 192, COCO_FLIP_INDEX), np.ones(17), in_wh, hm_wh, 2)
+  q_m = _mirror_joints(q, 192, COCO_FLIP_INDEX)
+  target_m, _ = udp.encode_udp(q_m, np.ones(17), in_wh, hm_wh, 2)
   back = np.asarray(udp.flip_back_udp(target_m[None], COCO_FLIP_INDEX))[0]
   np.testing.assert_allclose(back, target, atol=1e-6)  # (w-1) - mu rounds differently
   c_one, c_back = _dark_decode(target), _dark_decode(back)
