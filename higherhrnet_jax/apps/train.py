@@ -18,7 +18,6 @@ from ml_collections import config_flags
 
 from higherhrnet_jax import apps, cli
 from higherhrnet_jax import config as config_lib
-from higherhrnet_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (defines get_config()).',
                                           lock_config=True)
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # checkpointing libraries log every save at INFO
-  loop.maybe_initialize_distributed()  # before any JAX computation
+  apps.initialize_distributed()  # before any JAX computation
   config = config_lib.validate(_CONFIG.value)
   cli.run_train(config, _WORKDIR.value)
 

@@ -4,11 +4,11 @@ One training batch is a pure function of ``(seed, step)`` for a given dataset, h
 batch size, and one sample a pure function of ``(seed, epoch, record index)``:
 
   * each epoch has its own permutation of the records, drawn from ``(seed, epoch)``;
-  * host ``h`` of ``P`` takes every P-th record of that permutation (the shards of an epoch
-    are disjoint and together are the dataset), cut to the same length on every host so
-    all hosts run the same number of steps (``drop_remainder``);
-  * batch ``b`` of an epoch is the host's records ``[b * B, (b + 1) * B)``, and each
-    sample's augmentation draws come from ``SeedSequence([seed, epoch, record])``.
+  * global batch ``b`` of an epoch is records ``[b * G, (b + 1) * G)`` of that permutation
+    (``drop_remainder``), and host ``h`` of ``P`` loads its ``h``-th block of ``G / P`` of
+    them, so the shards of an epoch are disjoint, together are the dataset, and the global
+    batch (what the model sees) does not depend on how many hosts load it;
+  * each sample's augmentation draws come from ``SeedSequence([seed, epoch, record])``.
 
 Because whole batches are the elements of a grain ``MapDataset`` (``range(step).map(...)``),
 the output does not depend on the number of worker processes, and resuming only needs the
@@ -107,17 +107,21 @@ class ShardPlan:
     if not 0 <= self.shard_index < self.shard_count:
       raise ValueError(f'shard_index {self.shard_index} not in [0, {self.shard_count})')
     if self.steps_per_epoch == 0:
-      raise ValueError(f'{self.num_records} records over {self.shard_count} hosts give no full '
-                       f'batch of {self.batch_size} per host (config.train.batch_size too large '
-                       'for this dataset)')
+      raise ValueError(f'{self.num_records} records give no full global batch of '
+                       f'{self.global_batch_size} (config.train.batch_size too large for this '
+                       'dataset)')
 
   @property
-  def records_per_shard(self) -> int:
-    return self.num_records // self.shard_count
+  def global_batch_size(self) -> int:
+    return self.batch_size * self.shard_count
 
   @property
   def steps_per_epoch(self) -> int:
-    return self.records_per_shard // self.batch_size
+    return self.num_records // self.global_batch_size
+
+  @property
+  def records_per_shard(self) -> int:
+    return self.steps_per_epoch * self.batch_size
 
   def shard_records(self, epoch: int) -> np.ndarray:
     """This host's records of `epoch`, in visiting order ([records_per_shard] int64)."""
@@ -137,7 +141,8 @@ def _shard_records(plan: ShardPlan, epoch: int) -> np.ndarray:
         plan.num_records)
   else:
     order = np.arange(plan.num_records)
-  return order[plan.shard_index::plan.shard_count][:plan.records_per_shard]
+  steps, hosts, per_host = plan.steps_per_epoch, plan.shard_count, plan.batch_size
+  return order[:steps * hosts * per_host].reshape(steps, hosts, per_host)[:, plan.shard_index].ravel()
 
 
 def sample_rng(seed: int, epoch: int, record: int) -> np.random.Generator:
@@ -299,14 +304,14 @@ class TrainIterator(grain.DatasetIterator):
   def get_state(self) -> dict[str, Any]:
     p = self.plan
     return {'step': self.step, 'num_skipped': self.num_skipped, 'seed': p.seed,
-            'num_records': p.num_records, 'batch_size': p.batch_size,
+            'num_records': p.num_records, 'global_batch_size': p.global_batch_size,
             'shard_index': p.shard_index, 'shard_count': p.shard_count}
 
   def set_state(self, state: dict[str, Any]) -> None:
     p = self.plan
-    # The shard index is not compared: a batch is a function of the step for every host, so
-    # all hosts may restore the state saved by one of them.
-    for field in ('seed', 'num_records', 'batch_size', 'shard_count'):
+    # Neither the shard index nor the host count is compared: the global batch is a function
+    # of the step, so any host of a job with any number of hosts may restore this state.
+    for field in ('seed', 'num_records', 'global_batch_size'):
       if state.get(field) != getattr(p, field):
         raise ValueError(f'iterator state: {field} = {state.get(field)!r} but this pipeline has '
                          f'{getattr(p, field)!r}; it was saved for another dataset or setup')

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from higherhrnet_jax import collectives
+
 Dtype = Any
 
 # Official initialisation (`init_weights` without a pretrained file): every Conv2d and
@@ -74,7 +76,8 @@ class BatchNorm(nn.Module):
     epsilon: added to the variance.
     dtype: dtype of the output; statistics are computed in at least float32.
     axis_name: if set, batch statistics are averaged over this mapped axis (global
-      BatchNorm across devices); ``None`` keeps per-device statistics.
+      BatchNorm across devices, in a fixed order: `collectives.ordered_mean`); ``None``
+      keeps per-device statistics.
   """
 
   momentum: float = 0.1
@@ -96,11 +99,11 @@ class BatchNorm(nn.Module):
       count = int(np.prod([x.shape[a] for a in axes]))
       mean = jnp.mean(xf, axes)
       if self.axis_name is not None:
-        mean = jax.lax.pmean(mean, self.axis_name)
+        mean = collectives.ordered_mean(mean, self.axis_name)
       # Two-pass variance (as PyTorch): E[x^2] - E[x]^2 loses float32 precision.
       var = jnp.mean(jnp.square(xf - mean), axes)
       if self.axis_name is not None:
-        var = jax.lax.pmean(var, self.axis_name)
+        var = collectives.ordered_mean(var, self.axis_name)
         count = count * jax.lax.psum(1, self.axis_name)
       if not self.is_initializing():
         m = self.momentum

@@ -64,11 +64,15 @@ def synthetic_batch(
 class SyntheticIterator:
   """Endless deterministic batches; `get_state()`/`set_state()` like a grain iterator.
 
+  Image `g` of global batch `i` is drawn from `(seed, i, g)`, and host `p` holds images
+  `[p * batch_size, (p + 1) * batch_size)`: the global batch is the same whatever the
+  number of hosts.
+
   Args:
     config: full config (input/output sizes, joints, max people).
     batch_size: images per batch on this host.
     seed: base seed.
-    process_index: this host's index, so hosts draw different images.
+    process_index: this host's index.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, batch_size: int, seed: int = 0,
@@ -76,16 +80,17 @@ class SyntheticIterator:
     self._config = config
     self._batch_size = batch_size
     self._seed = seed
-    self._process_index = process_index
+    self._first = process_index * batch_size
     self._index = 0
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([self._seed, self._index, self._process_index])
+    images = [synthetic_batch(self._config, 1, np.random.default_rng([self._seed, self._index, g]))
+              for g in range(self._first, self._first + self._batch_size)]
     self._index += 1
-    return synthetic_batch(self._config, self._batch_size, rng)
+    return {k: np.concatenate([im[k] for im in images]) for k in images[0]}
 
   def get_state(self) -> dict[str, Any]:
     return {'index': self._index, 'seed': self._seed}

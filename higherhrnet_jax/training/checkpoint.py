@@ -2,8 +2,9 @@
 
 Layout under the work directory:
   checkpoints/<step>/state  the TrainState (params, batch_stats, opt_state, step, rng)
-  checkpoints/<step>/data   the data iterator's state (JSON), so the resumed run reads
-                            exactly the batches the uninterrupted run would have read
+  checkpoints/<step>/data   every process's data iterator position (grain's handler: one
+                            process_<i>-of-<n>.json each), so the resumed run reads exactly
+                            the batches the uninterrupted run would have read
   best/<step>/...           the same items for the checkpoint with the best eval AP
 
 orbax writes each checkpoint into a temporary directory and renames it when complete,
@@ -19,6 +20,7 @@ import logging
 import pathlib
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -28,24 +30,25 @@ STATE = 'state'
 DATA = 'data'
 
 
-def encode_data_state(state: Any) -> dict:
-  """Makes an iterator state JSON-able: grain DataLoader iterators return JSON bytes."""
-  if state is None:
-    return {'format': 'none', 'value': None}
-  if isinstance(state, bytes):
-    return {'format': 'bytes', 'value': state.decode('utf-8')}
-  return {'format': 'json', 'value': json.loads(json.dumps(state))}
+class _Position(grain.DatasetIterator):
+  """An iterator position (a JSON-able dict) in the shape grain's checkpoint handler saves.
 
+  The handler writes one `process_<i>-of-<n>.json` per process, so the checkpoint holds
+  every process's position, not only the primary host's.
+  """
 
-def decode_data_state(blob: dict) -> Any:
-  fmt = blob.get('format')
-  if fmt == 'none':
-    return None
-  if fmt == 'bytes':
-    return blob['value'].encode('utf-8')
-  if fmt == 'json':
-    return blob['value']
-  raise ValueError(f'checkpoint data state has unknown format {fmt!r}')
+  def __init__(self, state: Any = None):
+    super().__init__()
+    self.state = state
+
+  def __next__(self):
+    raise StopIteration
+
+  def get_state(self) -> Any:
+    return self.state
+
+  def set_state(self, state: Any) -> None:
+    self.state = state
 
 
 class Checkpointer:
@@ -87,7 +90,7 @@ class Checkpointer:
   def _args(state: Any, data_state: Any) -> ocp.args.Composite:
     return ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),
-        DATA: ocp.args.JsonSave(encode_data_state(data_state)),
+        DATA: grain.checkpoint.CheckpointSave(_Position(data_state)),
     })
 
   def save(self, step: int, state: Any, data_state: Any) -> None:
@@ -130,24 +133,41 @@ class Checkpointer:
     self.wait()
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state),
-            DATA: ocp.args.JsonRestore(),
-        }))
-        state = restored[STATE]
+        state = self._manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
         jax.block_until_ready(state)
-        return state, decode_data_state(restored[DATA]), step
+        return state, self._restore_position(step), step
       except Exception as e:  # orbax raises many types for damaged files
         log.warning('checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one',
                     step, self._manager.directory, type(e).__name__, str(e)[:300])
     return None
+
+  def _restore_position(self, step: int) -> Any:
+    """This process's iterator position, or process 0's when another job size saved it.
+
+    Both iterators' positions depend on the step only, not on the number of processes, so a
+    job of another size (elastic restart) resumes from process 0's position.
+    """
+    folder = pathlib.Path(self._manager.directory) / str(step) / DATA
+    mine = folder / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    if not mine.exists():
+      saved = sorted(folder.glob('process_0-of-*.json'))
+      if not saved:
+        raise FileNotFoundError(f'{folder} holds no data iterator position')
+      log.warning('checkpoint %d was saved by a job of another size (%s); every process resumes '
+                  "from process 0's data position", step, saved[0].name)
+      return json.loads(saved[0].read_text())
+    position = _Position()
+    self._manager.restore(step, args=ocp.args.Composite(**{
+        DATA: grain.checkpoint.CheckpointRestore(position)}))
+    return position.state
 
   def restore_best(self, abstract_state: Any) -> Any | None:
     step = self._best.best_step()
     if step is None:
       return None
     return self._best.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))[STATE]
+        STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
 
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""

@@ -1,20 +1,16 @@
-"""Training summaries: TensorBoard event files and a console progress line (process 0 only)."""
+"""Training summaries (process 0 only): TensorBoard events, `train_log.jsonl`, the progress line."""
 
 from __future__ import annotations
 
+import json
 import logging as std_logging
 import pathlib
 import time
 from collections.abc import Mapping
 
-import jax
+from higherhrnet_jax.distributed import is_chief
 
 log = std_logging.getLogger('higherhrnet_jax.train')
-
-
-def is_chief() -> bool:
-  """Only process 0 logs and writes summaries in a multi-host job."""
-  return jax.process_index() == 0
 
 
 class MetricWriter:
@@ -96,3 +92,29 @@ class Progress:
       parts.append(f'| {speed["samples_per_s"]:.1f} img/s {speed["steps_per_s"]:.2f} step/s'
                    f' | ETA {_duration(speed["eta_s"]) if speed["eta_s"] != float("inf") else "?"}')
     return ' '.join(parts)
+
+
+class TrainLog:
+  """`train_log.jsonl`: one JSON object per logged step, for pandas and for run comparisons.
+
+  Written by process 0 and appended across resumes. A job that dies logs steps after its
+  last checkpoint that the resumed job logs again, so opening the log at step `start` drops
+  the lines after it: every step appears once, as the run that continued computed it.
+  """
+
+  def __init__(self, path: str | pathlib.Path, start: int, enabled: bool | None = None):
+    self.path = pathlib.Path(path)
+    self.enabled = is_chief() if enabled is None else enabled
+    if self.enabled and self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)['step'] <= start]
+      self.path.write_text(''.join(line + '\n' for line in kept))
+
+  def write(self, step: int, metrics: Mapping[str, float], speed: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    if 'samples_per_s' in speed:
+      record['images_per_s'] = float(speed['samples_per_s'])
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')

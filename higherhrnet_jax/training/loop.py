@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import math
-import os
 import pathlib
 import signal
 import threading
@@ -23,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from higherhrnet_jax import distributed
 from higherhrnet_jax.data import pipeline
 from higherhrnet_jax.training import batches, checkpoint as ckpt_lib, logging as log_lib, optim
 from higherhrnet_jax.training import sharding as sharding_lib, state as state_lib, step as step_lib
@@ -88,31 +88,13 @@ def device_batch(batch: Mapping[str, np.ndarray], family: str = 'higher_hrnet') 
   return {k: v for k, v in batch.items() if k in required or (prefixes and k.startswith(prefixes))}
 
 
-def maybe_initialize_distributed() -> None:
-  """Calls `jax.distributed.initialize()` when the environment describes a multi-process job.
-
-  Recognised: an explicit coordinator (`JAX_COORDINATOR_ADDRESS`), SLURM / Open MPI with
-  more than one task, or a multi-host Cloud TPU slice. Must run before any JAX
-  computation.
-  """
-  env = os.environ
-  multi = (
-      'JAX_COORDINATOR_ADDRESS' in env
-      or int(env.get('SLURM_NTASKS', '1')) > 1
-      or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
-      or ',' in env.get('TPU_WORKER_HOSTNAMES', '')
-  )
-  if multi:
-    jax.distributed.initialize()
-
-
 def _initial_variables(config: ml_collections.ConfigDict, state: state_lib.TrainState) -> dict | None:
   """Pretrained variables from `config.model.pretrained`, or None (official random init)."""
   if not config.model.pretrained:
     return None
   from higherhrnet_jax import weights  # pylint: disable=g-import-not-at-top
 
-  current = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  current = distributed.fetch({'params': state.params, 'batch_stats': state.batch_stats})
   return weights.load(config.model.pretrained, config.model, init=current,
                       backbone_layers=config.model.pretrained_layers)
 
@@ -120,8 +102,9 @@ def _initial_variables(config: ml_collections.ConfigDict, state: state_lib.Train
 class _TermFlag:
   """Turns SIGTERM (how schedulers announce preemption) into a flag the loop polls.
 
-  Only in single-process jobs: with several hosts each would see the signal at a
-  different step, so there the loop relies on orbax's preemption sync point instead.
+  Only in single-process jobs: with several processes each would see the signal at a
+  different step, so there JAX's distributed runtime catches SIGTERM and its preemption sync
+  point (`Checkpointer.reached_preemption`) names one step at which every process saves.
   """
 
   def __init__(self):
@@ -151,6 +134,7 @@ def _setup_logging(workdir: pathlib.Path) -> None:
 
 
 EVAL_FAILURES = 'eval_failures.jsonl'
+TRAIN_LOG = 'train_log.jsonl'
 
 
 def _evaluate(evaluate_fn: EvaluateFn, state: state_lib.TrainState, step: int,
@@ -161,7 +145,9 @@ def _evaluate(evaluate_fn: EvaluateFn, state: state_lib.TrainState, step: int,
   must not end a training job that may have epochs to go; the step is saved already.
   """
   try:
-    return dict(evaluate_fn({'params': state.params, 'batch_stats': state.batch_stats}))
+    # Host copies: the evaluator runs on this process's devices, not the training mesh.
+    return dict(evaluate_fn(distributed.fetch({'params': state.params,
+                                                'batch_stats': state.batch_stats})))
   except Exception as e:  # pylint: disable=broad-except
     log.exception('evaluation at step %d failed; training goes on', step)
     if log_lib.is_chief():
@@ -244,6 +230,7 @@ def train(
            mesh.size)
 
   writer = log_lib.MetricWriter(workdir / 'tensorboard')
+  train_log = log_lib.TrainLog(workdir / TRAIN_LOG, start)
   progress = log_lib.Progress(total_steps, t.batch_size)
   eval_every = int(t.eval_every_epochs) * steps_per_epoch
   step = start
@@ -287,6 +274,7 @@ def train(
         speed = progress.update(step)
         log.info(progress.line(step, step / steps_per_epoch, metrics, speed))
         writer.scalars(step, {**metrics, **{k: v for k, v in speed.items() if k != 'eta_s'}})
+        train_log.write(step, metrics, speed)
       if saves or preempted:
         ckpt.save(step, state, data_iter.get_state())
       if is_eval_step:

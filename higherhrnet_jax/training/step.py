@@ -1,17 +1,20 @@
 """The pure, jitted training step.
 
+The loss and gradients run inside `jax.shard_map`, one batch slice per device of the 'data'
+axis, and every cross-device mean (gradients, loss terms, BatchNorm statistics) is a
+`collectives.ordered_mean`: a fixed summation order, so a step gives bitwise the same
+result for 1 process x 4 devices and 2 processes x 2 devices.
+
 BatchNorm statistics -- what the step computes:
-  * default (`config.train.per_device_batch_norm = False`): the step is one SPMD program
-    over the global batch, so BatchNorm normalises with the mean/variance of the **whole
-    global batch** (XLA inserts the cross-device reductions). This is SyncBN: results do
-    not depend on how many devices share the batch (8 devices == 1 device, to float32
-    rounding).
-  * `per_device_batch_norm = True`: the loss and gradients are computed inside
-    `jax.shard_map` on each device's slice, so BatchNorm normalises with **per-device**
-    statistics, as the official multi-GPU trainer does (each GPU normalises its own 12
-    images). Gradients, loss terms and the updated running statistics are then averaged
-    over devices (officially only GPU 0's running statistics are kept; the average keeps
-    every replica identical). With one device both modes are the same computation.
+  * default (`config.train.per_device_batch_norm = False`): BatchNorm normalises with the
+    mean/variance of the **whole global batch** (the model's BatchNorm averages over the
+    'data' axis). This is SyncBN: results do not depend on how many devices share the
+    batch (8 devices == 1 device, to float32 rounding).
+  * `per_device_batch_norm = True`: BatchNorm normalises with **per-device** statistics,
+    as the official multi-GPU trainer does (each GPU normalises its own 12 images).
+    Gradients, loss terms and the updated running statistics are averaged over devices
+    (officially only GPU 0's running statistics are kept; the average keeps every replica
+    identical). With one device both modes are the same computation.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from higherhrnet_jax import losses
+from higherhrnet_jax import collectives, losses
 from higherhrnet_jax.topdown import loss as topdown_loss
 from higherhrnet_jax.training import sharding as sharding_lib
 from higherhrnet_jax.training.state import TrainState
@@ -78,13 +81,25 @@ def loss_and_grads(
   return total, terms, new_stats, grads
 
 
-def _per_device(model, config, mesh: Mesh):
-  """`loss_and_grads` on each device's slice, averaged over 'data' (official per-GPU BN)."""
+def _sharded(model, config, mesh: Mesh):
+  """`loss_and_grads` on each device's slice, averaged over 'data' in a fixed order."""
   axis = sharding_lib.DATA_AXIS
+  whole_batch_bn = not config.train.per_device_batch_norm
+  if whole_batch_bn:
+    if not hasattr(model, 'axis_name'):
+      raise TypeError(f'{type(model).__name__} has no axis_name field: whole-batch BatchNorm '
+                      'averages its statistics over that mapped axis (set '
+                      'config.train.per_device_batch_norm=True for per-device statistics)')
+    model = model.clone(axis_name=axis)
 
   def local(params, batch_stats, batch, rng):
     total, terms, new_stats, grads = loss_and_grads(model, config, params, batch_stats, batch, rng)
-    return jax.lax.pmean((total, terms, new_stats, grads), axis)
+    if whole_batch_bn:  # already the same on every device: nothing to average
+      total, terms, grads = collectives.tree_ordered_mean((total, terms, grads), axis)
+    else:
+      total, terms, new_stats, grads = collectives.tree_ordered_mean(
+          (total, terms, new_stats, grads), axis)
+    return total, terms, new_stats, grads
 
   return jax.shard_map(
       local, mesh=mesh, in_specs=(P(), P(), P(axis), P()), out_specs=P(), check_vma=False
@@ -114,10 +129,7 @@ def make_train_step(
     and 'lr' (the LR of the update this step contributes to), all replicated scalars.
   """
   accum = int(config.train.grad_accum_steps)
-  if config.train.per_device_batch_norm:
-    compute = _per_device(model, config, mesh)
-  else:
-    compute = lambda p, s, b, r: loss_and_grads(model, config, p, s, b, r)
+  compute = _sharded(model, config, mesh)
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array):
     total, terms, new_stats, grads = compute(state.params, state.batch_stats, batch, rng)

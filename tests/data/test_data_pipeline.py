@@ -119,13 +119,27 @@ def test_state_from_another_setup_is_rejected(synth_root):
   state = it.get_state()
   other = pipeline.make_train_loader(_config(synth_root, 4), worker_count=0, shard_index=0,
                                      shard_count=1)
-  with pytest.raises(ValueError, match='batch_size'):
+  with pytest.raises(ValueError, match='global_batch_size'):
     other.set_state(state)
-  # Every host may restore the state saved by host 0: batches are a function of the step.
+  # Any host of a job with any number of hosts may restore it: the global batch is a
+  # function of the step, not of the host count.
   host1 = pipeline.make_train_loader(_config(synth_root), worker_count=0, shard_index=1,
                                      shard_count=2)
-  host1.set_state({**state, 'shard_count': 2, 'batch_size': 1, 'step': 3})
+  host1.set_state({**state, 'step': 3})
   assert host1.step == 3
+
+
+def test_global_batch_does_not_depend_on_the_host_count(synth_root):
+  c = _config(synth_root, 4)
+  source = pipeline.make_source(c, 'train')
+  one = _take(pipeline.make_train_loader(c, worker_count=0, shard_index=0, shard_count=1,
+                                         source=source), 4)
+  hosts = [_take(pipeline.make_train_loader(c, worker_count=0, shard_index=h, shard_count=2,
+                                            source=source), 4) for h in range(2)]
+  for step, whole in enumerate(one):
+    for key, value in whole.items():  # host 0's block, then host 1's: the same samples, bitwise
+      np.testing.assert_array_equal(
+          np.concatenate([hosts[0][step][key], hosts[1][step][key]]), value, err_msg=key)
 
 
 def test_four_host_split_is_disjoint_and_covers_the_dataset(synth_root):

@@ -18,6 +18,7 @@ class NoNormModel(nn.Module):
   """The HigherHRNet output contract (out0 [H/4, W/4, 2K], out1 [H/2, W/2, K]), no BN."""
 
   num_joints: int = 17
+  axis_name: str | None = None  # the trainer's contract; unused without BatchNorm
 
   @nn.compact
   def __call__(self, x, train: bool = False):

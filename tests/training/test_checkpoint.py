@@ -1,5 +1,6 @@
 """Checkpointer: keep last N, best by AP, damaged latest falls back, iterator state round trip."""
 
+import json
 import logging
 import pathlib
 
@@ -42,11 +43,20 @@ def test_keeps_last_n_and_restores_latest_with_iterator_state(tmp_path):
   ck.close()
 
 
-def test_grain_style_bytes_state_round_trips(tmp_path):
+def test_position_is_saved_per_process_and_another_job_size_restores_process_0s(tmp_path, caplog):
   ck = ckpt_lib.Checkpointer(tmp_path, keep=1, every_steps=0)
-  blob = b'{"last_seen_indices": {"0": 11}, "worker_count": 2}'
-  ck.save(3, _state(3), blob)
-  assert ck.restore_latest(_abstract(_state(0)))[1] == blob
+  ck.save(3, _state(3), {'step': 3, 'shard_index': 0})
+  ck.close()
+  folder = pathlib.Path(tmp_path) / 'checkpoints' / '3' / 'data'
+  assert sorted(p.name for p in folder.glob('*.json')) == ['process_0-of-1.json']
+  # As a 2-process job leaves it (each process writes its own file).
+  (folder / 'process_0-of-1.json').rename(folder / 'process_0-of-2.json')
+  (folder / 'process_1-of-2.json').write_text(json.dumps({'step': 3, 'shard_index': 1}))
+  ck = ckpt_lib.Checkpointer(tmp_path, keep=1, every_steps=0)
+  with caplog.at_level(logging.WARNING):
+    _, data_state, step = ck.restore_latest(_abstract(_state(0)))
+  assert step == 3 and data_state == {'step': 3, 'shard_index': 0}
+  assert any('another size' in r.getMessage() for r in caplog.records)
   ck.close()
 
 

@@ -13,12 +13,13 @@ class TinyStandIn(nn.Module):
   num_joints: int = 17
   width: int = 8
   dtype: jnp.dtype = jnp.float32
+  axis_name: str | None = None  # as the real models: whole-batch BatchNorm over this axis
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     k = self.num_joints
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                dtype=self.dtype)
+                                dtype=self.dtype, axis_name=self.axis_name)
     x = x.astype(self.dtype)
     x = nn.relu(norm()(nn.Conv(self.width, (3, 3), (2, 2), padding=1, use_bias=False,
                                dtype=self.dtype)(x)))

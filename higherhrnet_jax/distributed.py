@@ -1,0 +1,100 @@
+"""One job, several processes: JAX's distributed runtime and the host-side exchanges we need.
+
+Training and evaluation run as one process per host (TPU pod slice, SLURM, Open MPI, or N
+processes on one machine). `initialize` starts JAX's runtime; on CPU the collectives go
+through gloo. Beyond the global arrays of the train step, processes exchange only small
+host objects: evaluation results (`all_gather`) and variables to evaluate (`fetch`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar('T')
+
+# JAX's own default: a process whose peers have not been heard from for this long is ended
+# by the runtime (a killed host must not leave the others waiting forever).
+HEARTBEAT_TIMEOUT_S = 100
+
+
+def cluster_detected(env: os._Environ | dict = os.environ) -> bool:
+  """Whether the environment describes a multi-process job JAX can detect on its own."""
+  return ('JAX_COORDINATOR_ADDRESS' in env
+          or int(env.get('SLURM_NTASKS', '1')) > 1
+          or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+          or ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, cpu_devices: int | None = None,
+               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+  """Joins the job's processes; a no-op for a single process. Call before any JAX work.
+
+  Args:
+    coordinator_address: `host:port` of process 0. Given together with `num_processes` and
+      `process_id` for a hand-launched job; all None: JAX's cluster detection (TPU slice,
+      SLURM, Open MPI, `JAX_COORDINATOR_ADDRESS`) decides, and a plain run stays single.
+    num_processes, process_id: this job's size and this process's index.
+    cpu_devices: CPU devices of this process (XLA's `--xla_force_host_platform_device_count`).
+    heartbeat_timeout_s: a process that misses its peers' heartbeats this long stops with an
+      error instead of waiting forever.
+  """
+  if cpu_devices:
+    jax.config.update('jax_num_cpu_devices', int(cpu_devices))
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+    raise ValueError('--coordinator_address, --num_processes and --process_id go together '
+                     f'(got {explicit}); leave all three out for cluster detection')
+  if not any(v is not None for v in explicit) and not cluster_detected():
+    return
+  # CPU collectives between processes (a no-op for accelerators' own collectives).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+  _log.info('process %d of %d, %d local devices of %d', jax.process_index(),
+            jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_chief() -> bool:
+  """Process 0 writes logs, summaries, result files and pictures."""
+  return jax.process_index() == 0
+
+
+def my_part(items: Sequence[T]) -> Sequence[T]:
+  """This process's contiguous block of `items` (blocks in process order cover `items`)."""
+  n, p, i = len(items), jax.process_count(), jax.process_index()
+  return items[i * n // p:(i + 1) * n // p]
+
+
+def all_gather(obj: Any) -> list[Any]:
+  """Every process's JSON-able `obj`, in process order, on every process.
+
+  Floats survive exactly (JSON keeps the shortest repr that round-trips a float64).
+  """
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64)))
+  sizes = sizes.reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(gathered[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
+
+
+def fetch(tree: Any) -> Any:
+  """A tree of (possibly process-spanning, e.g. FSDP-sharded) arrays as host numpy arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
