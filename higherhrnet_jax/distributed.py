@@ -49,12 +49,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     heartbeat_timeout_s: a process that misses its peers' heartbeats this long stops with an
       error instead of waiting forever.
   """
-  if cpu_devices:
-    jax.config.update('jax_num_cpu_devices', int(cpu_devices))
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
     raise ValueError('--coordinator_address, --num_processes and --process_id go together '
                      f'(got {explicit}); leave all three out for cluster detection')
+  if cpu_devices:
+    jax.config.update('jax_num_cpu_devices', int(cpu_devices))
+    _fix_cpu_intra_op_threads(int(cpu_devices) * (num_processes or 1))
   if not any(v is not None for v in explicit) and not cluster_detected():
     return
   # CPU collectives between processes (a no-op for accelerators' own collectives).
@@ -64,6 +65,22 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              heartbeat_timeout_seconds=int(heartbeat_timeout_s))
   _log.info('process %d of %d, %d local devices of %d', jax.process_index(),
             jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _fix_cpu_intra_op_threads(job_cpu_devices: int) -> None:
+  """Gives every process the intra-op thread pool a single process of the whole job has.
+
+  XLA:CPU sizes its Eigen pool as max(cores, local devices), and Eigen splits a long
+  reduction (a convolution's kernel gradient sums over batch x height x width) into as
+  many partial sums as that pool has threads. 1 process x 4 devices on 2 cores gets 4
+  threads, 2 processes x 2 devices get 2 each, and the kernel gradients round
+  differently. Sizing the pool for the job's devices (XLA reads `NPROC`) makes the
+  split, and so every step's result, independent of the process layout. An `NPROC` set
+  by the user wins. Must run before the CPU backend starts.
+  """
+  if 'NPROC' not in os.environ:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    os.environ['NPROC'] = str(max(cores or 1, job_cpu_devices))
 
 
 def is_chief() -> bool:
