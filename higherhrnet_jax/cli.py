@@ -25,13 +25,18 @@ _log = logging.getLogger(__name__)
 
 def run_eval(config, checkpoint: str, output: str, *, max_images: int = 0, batch_size: int = 0,
              render: int = 8) -> dict:
-  """Evaluates `checkpoint` on the test split of a validated `config`; prints, writes metrics."""
+  """Evaluates `checkpoint` on the test split of a validated `config`; prints, writes metrics.
+
+  In a multi-process job every process evaluates its share of the images; process 0 prints
+  and writes.
+  """
   predictor = runner.make_predictor(config, weights.load(checkpoint, config.model))
   metrics = runner.evaluate_any(predictor, config, out_dir=output, max_images=max_images,
                                 batch_size=batch_size, render=render, progress=sys.stderr.isatty())
-  print(metrics.get('summary', ''))
-  print(runner.format_table(metrics))
-  print(f'results and metrics written to {output}')
+  if jax.process_index() == 0:
+    print(metrics.get('summary', ''))
+    print(runner.format_table(metrics))
+    print(f'results and metrics written to {output}')
   return metrics
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -108,6 +108,29 @@ def all_gather(obj: Any) -> list[Any]:
   padded[:data.size] = data
   gathered = np.asarray(multihost_utils.process_allgather(padded))
   return [json.loads(gathered[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
+
+
+def gather(part: Callable[[], T]) -> list[T]:
+  """Runs `part()` (this process's share of a job) and returns every process's result.
+
+  `part` must return a JSON-able object. If it raises on any process, every process raises:
+  the failing one its own exception, the others a RuntimeError naming it, so no process is
+  left waiting in a collective for a peer that gave up.
+  """
+  try:
+    mine, error = part(), None
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    mine, error = None, f'{type(e).__name__}: {e}'
+    failure = e
+  parts = all_gather({'result': mine, 'error': error})
+  if error is not None:
+    raise failure
+  failed = [(i, p['error']) for i, p in enumerate(parts) if p['error'] is not None]
+  if failed:
+    raise RuntimeError(f'process {failed[0][0]} failed: {failed[0][1]}')
+  return [p['result'] for p in parts]
 
 
 def fetch(tree: Any) -> Any:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from higherhrnet_jax import keypoints, visualize
+from higherhrnet_jax import distributed, keypoints, visualize
 from higherhrnet_jax.data import coco as coco_data
 from higherhrnet_jax.evaluation import coco as coco_eval
 from higherhrnet_jax.evaluation import crowdpose as crowdpose_eval
@@ -31,8 +32,8 @@ _log = logging.getLogger(__name__)
 DRAW_SCORE_THRESHOLD = 0.2
 
 
-def _images(source: coco_data.KeypointSource, count: int, skipped: list[str]):
-  for index in range(count):
+def _images(source: coco_data.KeypointSource, indices: Sequence[int], skipped: list[str]):
+  for index in indices:
     try:
       example = source.eval_example(index)
     except coco_data.CorruptImageError as e:
@@ -47,6 +48,10 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
              batch_size: int = 1, render: int = 0, progress: bool = False,
              profile: bool = True) -> dict[str, Any]:
   """Predicts every image of the test split and scores the results.
+
+  In a multi-process job each process predicts its contiguous block of the images on its
+  own devices; the results are gathered in image order, so every process returns the
+  metrics a single process would, and process 0 writes the files.
 
   Args:
     predictor: compiled inference for the model to evaluate.
@@ -68,47 +73,60 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
   source = source or coco_data.source_from_config(config, train=False)
   spec = keypoints.spec_from_config(config.dataset.keypoints)
   count = len(source) if not max_images else min(max_images, len(source))
-  skipped: list[str] = []
-  stream = _images(source, count, skipped)
-  drawn: dict[int, np.ndarray] = {}
-  if render:
-    stream = _keep_first(stream, render, drawn)
-  results = predictor.predict_many(stream, batch_size=batch_size, profile=profile)
-  if progress:
-    import tqdm
-    results = tqdm.tqdm(results, total=count, desc='eval', unit='img')
-  ids, poses, scores = [], [], []
-  before = dict(predictor.timings)
-  for image_id, pred in results:
-    ids.append(image_id)
-    poses.append(pred.poses)
-    scores.append(pred.scores)
-  t = config.test
-  records = coco_eval.results_records(
-      ids, poses, scores, oks_nms_threshold=0.9 if t.oks_nms else None, rescore=bool(t.rescore),
-      sigmas=spec.sigmas)
+  mine = distributed.my_part(range(count))
+  drawn: dict[int, np.ndarray] = {}  # pictures (process 0's first images) and their people
+  predicted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+  def predict_my_part() -> dict[str, Any]:
+    skipped: list[str] = []
+    stream = _images(source, mine, skipped)
+    if render and distributed.is_chief():
+      stream = _keep_first(stream, render, drawn)
+    results = predictor.predict_many(stream, batch_size=batch_size, profile=profile)
+    if progress:
+      import tqdm
+      results = tqdm.tqdm(results, total=len(mine), desc='eval', unit='img')
+    ids, poses, scores = [], [], []
+    before = dict(predictor.timings)
+    for image_id, pred in results:
+      ids.append(image_id)
+      poses.append(pred.poses)
+      scores.append(pred.scores)
+    t = config.test
+    # Rescoring and OKS-NMS act within an image, so each process makes its own records.
+    records = coco_eval.results_records(
+        ids, poses, scores, oks_nms_threshold=0.9 if t.oks_nms else None,
+        rescore=bool(t.rescore), sigmas=spec.sigmas)
+    predicted.update((i, (p, s)) for i, p, s in zip(ids, poses, scores) if i in drawn)
+    return {'ids': ids, 'records': records, 'skipped': skipped,
+            'num_people': int(sum(len(s) for s in scores)),
+            'seconds': {k: predictor.timings[k] - before[k]
+                        for k in ('network', 'aggregation', 'grouping')}}
+
+  parts = distributed.gather(predict_my_part)
+  ids = [i for p in parts for i in p['ids']]
+  records = [r for p in parts for r in p['records']]
   ann_file = source.annotation_file
   if config.dataset.name == 'crowdpose':
     metrics = crowdpose_eval.evaluate_crowdpose(ann_file, records, sigmas=spec.sigmas)
   else:
     metrics = coco_eval.evaluate_coco(ann_file, records, sigmas=spec.sigmas, image_ids=ids)
   n = max(len(ids), 1)
-  done = {k: predictor.timings[k] - before[k] for k in ('network', 'aggregation', 'grouping')}
+  seconds = lambda k: sum(p['seconds'][k] for p in parts)
   metrics.update({
       'num_images': len(ids),
-      'num_skipped_images': len(skipped),
-      'num_people': int(sum(len(s) for s in scores)),
-      'network_ms': 1e3 * done['network'] / n,
-      'aggregation_ms': 1e3 * done['aggregation'] / n,
-      'grouping_ms': 1e3 * done['grouping'] / n,
+      'num_skipped_images': sum(len(p['skipped']) for p in parts),
+      'num_people': sum(p['num_people'] for p in parts),
+      'network_ms': 1e3 * seconds('network') / n,
+      'aggregation_ms': 1e3 * seconds('aggregation') / n,
+      'grouping_ms': 1e3 * seconds('grouping') / n,
       'wall_s': time.perf_counter() - t_start,
   })
-  if out_dir is not None:
+  if out_dir is not None and distributed.is_chief():
     out = coco_eval.write_run(out_dir, records, metrics)
-    by_id = dict(zip(ids, zip(poses, scores)))
     for image_id, image in drawn.items():
-      if image_id in by_id:
-        p, s = by_id[image_id]
+      if image_id in predicted:
+        p, s = predicted[image_id]
         visualize.save_rgb(out / f'pred_{image_id}.png', visualize.draw_poses(
             image, p, spec, scores=s, score_threshold=DRAW_SCORE_THRESHOLD))
   return metrics

@@ -5,7 +5,9 @@ when none is given, from the ground truth (the official `USE_GT_BBOX` path: clea
 score 1). Each image is decoded once and all its crops go through the network in large
 batches; unreadable images are skipped and counted (their boxes give no detections).
 Then rescoring, per-image OKS-NMS, the results file and pycocotools, as the official
-`COCODataset.evaluate`.
+`COCODataset.evaluate`. In a multi-process job each process predicts its contiguous block of
+the images; the joints are gathered in image order, so every process gets the metrics of a
+single process and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from higherhrnet_jax import keypoints, visualize
+from higherhrnet_jax import distributed, keypoints, visualize
 from higherhrnet_jax.data import coco as coco_data
 from higherhrnet_jax.evaluation import coco as coco_eval
 from higherhrnet_jax.topdown import evaluation, mpii, records, samples
@@ -82,47 +84,60 @@ def evaluate(predictor: TopDownPredictor, config: Any, *,
   by_image: dict[int, list[int]] = {}
   for i, image_id in enumerate(image_ids.tolist()):
     by_image.setdefault(image_id, []).append(i)
-  images = order
-  if progress:
-    import tqdm
-    images = tqdm.tqdm(order, desc='eval', unit='img')
-  skipped: list[str] = []
-  drawn: dict[int, np.ndarray] = {}
-  done_idx, joints = [], []
-  pending_idx, pending_crops = [], []
-  t_crop = t_net = 0.0
+  mine = distributed.my_part(order)
+  drawn: dict[int, np.ndarray] = {}  # pictures: process 0's first images
 
-  def flush():
-    nonlocal t_net
-    if not pending_idx:
-      return
-    t0 = time.perf_counter()
-    idx = np.asarray(pending_idx)
-    joints.append(predictor.predict_crops(np.concatenate(pending_crops), centers[idx], scales[idx]))
-    done_idx.extend(pending_idx)
-    pending_idx.clear()
-    pending_crops.clear()
-    t_net += time.perf_counter() - t0
+  def predict_my_part() -> dict[str, Any]:
+    images = mine
+    if progress:
+      import tqdm
+      images = tqdm.tqdm(mine, desc='eval', unit='img')
+    skipped: list[str] = []
+    done_idx, joints = [], []
+    pending_idx, pending_crops = [], []
+    t_crop = t_net = 0.0
 
-  for image_id in images:
-    try:
-      image = source.load_image(index_of[image_id])
-    except coco_data.CorruptImageError as e:
-      skipped.append(str(e))
-      _log.warning('skipping unreadable image: %s', e)
-      continue
-    if len(drawn) < render:
-      drawn[image_id] = image
-    t0 = time.perf_counter()
-    idx = by_image[image_id]
-    pending_crops.append(crop_boxes(image, centers[idx], scales[idx], predictor.spec))
-    pending_idx.extend(idx)
-    t_crop += time.perf_counter() - t0
-    if len(pending_idx) >= predictor.batch_size:
-      flush()
-  flush()
-  idx = np.asarray(done_idx, np.int64)
-  preds = np.concatenate(joints) if joints else np.zeros((0, spec.num_joints, 3), np.float32)
+    def flush():
+      nonlocal t_net
+      if not pending_idx:
+        return
+      t0 = time.perf_counter()
+      idx = np.asarray(pending_idx)
+      joints.append(predictor.predict_crops(np.concatenate(pending_crops), centers[idx],
+                                            scales[idx]))
+      done_idx.extend(pending_idx)
+      pending_idx.clear()
+      pending_crops.clear()
+      t_net += time.perf_counter() - t0
+
+    for image_id in images:
+      try:
+        image = source.load_image(index_of[image_id])
+      except coco_data.CorruptImageError as e:
+        skipped.append(str(e))
+        _log.warning('skipping unreadable image: %s', e)
+        continue
+      if len(drawn) < render and distributed.is_chief():
+        drawn[image_id] = image
+      t0 = time.perf_counter()
+      idx = by_image[image_id]
+      pending_crops.append(crop_boxes(image, centers[idx], scales[idx], predictor.spec))
+      pending_idx.extend(idx)
+      t_crop += time.perf_counter() - t0
+      if len(pending_idx) >= predictor.batch_size:
+        flush()
+    flush()
+    # float32 joints survive the exchange exactly (as float64 JSON numbers).
+    preds = np.concatenate(joints) if joints else np.zeros((0, spec.num_joints, 3), np.float32)
+    return {'idx': done_idx, 'preds': preds.tolist(), 'skipped': skipped,
+            'crop_s': t_crop, 'network_s': t_net}
+
+  parts = distributed.gather(predict_my_part)
+  idx = np.asarray([i for p in parts for i in p['idx']], np.int64)
+  preds = np.asarray([j for p in parts for j in p['preds']], np.float32).reshape(
+      -1, spec.num_joints, 3)
+  skipped = [m for p in parts for m in p['skipped']]
+  t_crop, t_net = sum(p['crop_s'] for p in parts), sum(p['network_s'] for p in parts)
   boxes = evaluation.crop_boxes(centers[idx], scales[idx], scores[idx])
   t = config.test
   results = evaluation.topdown_records(preds, boxes, image_ids[idx], float(t.in_vis_thre),
@@ -139,7 +154,7 @@ def evaluate(predictor: TopDownPredictor, config: Any, *,
       'crop_ms': 1e3 * t_crop / n,
       'wall_s': time.perf_counter() - t_start,
   })
-  if out_dir is not None:
+  if out_dir is not None and distributed.is_chief():
     out = coco_eval.write_run(out_dir, results, metrics)
     for image_id, image in drawn.items():
       mine = [r for r in results if r['image_id'] == image_id]
@@ -173,28 +188,38 @@ def evaluate_mpii(predictor: TopDownPredictor, config: Any, *,
   centers = np.stack([p.center for p in people])  # float64: the official MPII dtype
   scales = np.stack([p.scale for p in people])
   preds = np.full((len(people), int(config.model.num_joints), 3), np.nan, np.float32)
-  skipped: list[str] = []
-  images = order
-  if progress:
-    import tqdm
-    images = tqdm.tqdm(order, desc='eval', unit='img')
-  for path in images:
-    idx = by_image[path]
-    try:
-      image = records.load_image(people[idx[0]])
-    except coco_data.CorruptImageError as e:
-      skipped.append(str(e))
-      _log.warning('skipping unreadable image: %s', e)
-      continue
-    crops = crop_boxes(image, centers[idx], scales[idx], predictor.spec)
-    preds[idx] = predictor.predict_crops(crops, centers[idx], scales[idx])
+  mine = distributed.my_part(order)
+
+  def predict_my_part() -> dict[str, Any]:
+    images = mine
+    if progress:
+      import tqdm
+      images = tqdm.tqdm(mine, desc='eval', unit='img')
+    skipped, done = [], []
+    for path in images:
+      idx = by_image[path]
+      try:
+        image = records.load_image(people[idx[0]])
+      except coco_data.CorruptImageError as e:
+        skipped.append(str(e))
+        _log.warning('skipping unreadable image: %s', e)
+        continue
+      crops = crop_boxes(image, centers[idx], scales[idx], predictor.spec)
+      done.append((idx, predictor.predict_crops(crops, centers[idx], scales[idx]).tolist()))
+    return {'done': done, 'skipped': skipped}
+
+  parts = distributed.gather(predict_my_part)
+  for part in parts:
+    for idx, joints in part['done']:
+      preds[idx] = np.asarray(joints, np.float32)
+  skipped = [m for p in parts for m in p['skipped']]
   result = mpii.pckh(preds, gt)
   metrics: dict[str, Any] = dict(result.values)
   metrics.update({'PCKh': float(result.mean), 'num_images': len(order) - len(skipped),
                   'num_skipped_images': len(skipped), 'num_people': len(people),
                   'wall_s': time.perf_counter() - t_start})
   metrics['summary'] = '\n'.join(mpii.format_table(result.values))
-  if out_dir is not None:
+  if out_dir is not None and distributed.is_chief():
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mpii.write_pred_mat(out / 'pred.mat', np.nan_to_num(preds, nan=-1.0))

@@ -184,7 +184,8 @@ def restore_variables(workdir: str | pathlib.Path) -> dict:
   """Model variables (`params`, `batch_stats`) of a run, for evaluation and export.
 
   Takes the best-by-AP checkpoint if the run has one, else the newest readable one. No
-  optimizer or model code is needed: the saved tree is read as plain arrays.
+  optimizer or model code is needed: the saved tree is read as plain arrays, whatever
+  device layout wrote it (a pod slice's FSDP-sharded run restores on one GPU or CPU).
 
   Args:
     workdir: the training run directory (or its `checkpoints` / `best` folder).
@@ -199,11 +200,11 @@ def restore_variables(workdir: str | pathlib.Path) -> dict:
     path = workdir / folder
     if not path.is_dir():
       continue
-    with ocp.CheckpointManager(path, item_names=(STATE, DATA)) as manager:
+    with ocp.CheckpointManager(path, item_names=(STATE,),
+                               item_handlers={STATE: ocp.StandardCheckpointHandler()}) as manager:
       for step in sorted(manager.all_steps(), reverse=True):
         try:
-          restored = manager.restore(step, args=ocp.args.Composite(**{
-              STATE: ocp.args.StandardRestore()}))[STATE]
+          restored = _restore_on_one_device(manager, step)
         except Exception as e:  # orbax raises many types for damaged files
           log.warning('checkpoint %s/%d is unreadable (%s); trying the previous one', path, step, e)
           continue
@@ -211,3 +212,18 @@ def restore_variables(workdir: str | pathlib.Path) -> dict:
         return {'params': jax.device_get(restored['params']),
                 'batch_stats': jax.device_get(restored['batch_stats'])}
   raise FileNotFoundError(f'no readable checkpoint under {workdir} (looked in best/ and checkpoints/)')
+
+
+def _restore_on_one_device(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The saved state tree, every array whole on this process's first device.
+
+  Orbax restores onto the saved sharding unless told otherwise, which fails on any other
+  topology; the target built from the saved shapes and dtypes asks for one device instead.
+  """
+  saved = manager.item_metadata(step)[STATE]
+  if saved is None:
+    raise ValueError('no state metadata')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), saved)
+  return manager.restore(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.StandardRestore(target)}))[STATE]

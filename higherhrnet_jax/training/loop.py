@@ -225,9 +225,9 @@ def train(
           batch_stats=jax.device_put(variables['batch_stats'], shardings.batch_stats))
     if log_lib.is_chief():
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  log.info('%d parameters, global batch %d (x%d accumulation), %d steps/epoch, %d steps, %d devices',
-           state_lib.param_count(state.params), t.batch_size, accum, steps_per_epoch, total_steps,
-           mesh.size)
+  log.info('%d parameters, global batch %d (x%d accumulation), %d steps/epoch, %d steps, %d devices in %d '
+           'process(es)', state_lib.param_count(state.params), t.batch_size, accum, steps_per_epoch,
+           total_steps, mesh.size, jax.process_count())
 
   writer = log_lib.MetricWriter(workdir / 'tensorboard')
   train_log = log_lib.TrainLog(workdir / TRAIN_LOG, start)

@@ -4,9 +4,13 @@
 with BatchNorm statistics in 'batch_stats' and a compute `dtype` (params float32).
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from higherhrnet_jax.models import layers
 
 
 class TinyStandIn(nn.Module):
@@ -18,8 +22,11 @@ class TinyStandIn(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     k = self.num_joints
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                dtype=self.dtype, axis_name=self.axis_name)
+    # The models' BatchNorm: its cross-device mean adds in a fixed order, so multi-process
+    # runs of the stand-in are bitwise those of one process.
+    bn = lambda: layers.BatchNorm(momentum=0.1, epsilon=1e-5, dtype=self.dtype,
+                                  axis_name=self.axis_name)
+    norm = lambda: functools.partial(bn(), train=train)
     x = x.astype(self.dtype)
     x = nn.relu(norm()(nn.Conv(self.width, (3, 3), (2, 2), padding=1, use_bias=False,
                                dtype=self.dtype)(x)))
