@@ -145,6 +145,16 @@ def test_two_processes_match_one_and_resume_exactly(reference_1x4, tmp_path):
   _assert_same_run(reference_1x4, tmp_path / 'run')
 
 
+def test_a_job_of_another_size_continues_the_same_run(reference_1x4, tmp_path):
+  # Checkpointed by 2 processes, resumed by 1 process with all 4 devices: the state is
+  # restored onto the new layout and the data position is counted in global batches.
+  run = tmp_path / 'run'
+  _run(run, 3, processes=2, devices=2)
+  _run(run, STEPS, processes=1, devices=4)
+  assert 'resumed from' in _output(run)
+  _assert_same_run(reference_1x4, run)
+
+
 def test_sharded_parameters_and_per_device_batch_norm_match_one_process(tmp_path):
   # FSDP (parameters and optimizer state split over the 4 devices, which now span 2
   # processes) and the official per-device BatchNorm statistics: still one float program.

@@ -97,7 +97,6 @@ class PoseKeypoints(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    k = NUM_JOINTS[self.builder_config.dataset]
     return tfds.core.DatasetInfo(
         builder=self,
         description='Person keypoints with official joints arrays and loss masks.',
