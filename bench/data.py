@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from higherhrnet_jax import config as config_lib  # noqa: E402
-from higherhrnet_jax.data import coco, pipeline, targets, transforms  # noqa: E402
+from higherhrnet_jax.data import pipeline, targets, transforms  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'coco_sample'
 

@@ -31,7 +31,7 @@ person. Trained weights give a handful of people and far less grouping work.
 
 `--outputs oracle` measures that case without trained weights: the network still runs and
 is timed, but aggregation and grouping receive the ground truth of `--annotations`
-rendered as a perfect network's outputs (`higherhrnet_jax.inference.oracle`): the
+rendered as a perfect network's outputs (`bench/oracle.py`): the
 annotated people, their labelled joints, missing joints left for refine.
 
 Default run (W32-512): scale [1] on the first two sample images, [2, 1, 0.5] on the
@@ -68,6 +68,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'bench'))  # oracle.py, a tool of the benchmarks and tests
 os.environ.setdefault('NUMBA_CACHE_DIR', str(REPO / '.numba_cache'))
 
 import jax  # noqa: E402
@@ -77,8 +78,9 @@ from higherhrnet_jax import convert  # noqa: E402
 from higherhrnet_jax.config import load_config  # noqa: E402
 from higherhrnet_jax.data.coco import decode_image  # noqa: E402
 from higherhrnet_jax.inference import grouping  # noqa: E402
-from higherhrnet_jax.inference import oracle, transforms  # noqa: E402
+from higherhrnet_jax.inference import transforms  # noqa: E402
 from higherhrnet_jax.inference.predictor import Predictor  # noqa: E402
+import oracle  # noqa: E402
 
 DEFAULT_CONFIG = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'coco_sample'

@@ -80,7 +80,6 @@ def forward(name: str, batch: int, reps: int) -> dict:
 
 def data(data_dir: pathlib.Path, height: int, width: int, n: int) -> dict:
   import cv2
-  import numpy as np
 
   from higherhrnet_jax.config import pose_hrnet
   from higherhrnet_jax.data import pipeline

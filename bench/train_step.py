@@ -36,7 +36,8 @@ def child(name: str, batch: int, size: int, steps: int, dtype: str) -> dict:
   import numpy as np
 
   from higherhrnet_jax import config as config_lib, models
-  from higherhrnet_jax.training import batches, optim, sharding, state as state_lib, step as step_lib
+  from higherhrnet_jax.data import synthetic_batches as batches
+  from higherhrnet_jax.training import optim, sharding, state as state_lib, step as step_lib
 
   config = config_lib.load_config(REPO / CONFIGS[name], [
       f'data.input_size={size}', f'data.output_size=({size // 4},{size // 2})',

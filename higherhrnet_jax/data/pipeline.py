@@ -34,7 +34,7 @@ import grain
 from grain._src.python.ipc import shared_memory_array  # no public handle on its unlinking
 import numpy as np
 
-from higherhrnet_jax.data import coco
+from higherhrnet_jax.data import coco, synthetic_batches
 from higherhrnet_jax.data import transforms
 from higherhrnet_jax.topdown import samples as topdown_samples
 
@@ -359,6 +359,32 @@ def make_samples(config: Any, split: str = 'train', source: ExampleSource | None
   return ImageSamples(source, transforms.SampleConfig.from_config(config))
 
 
+def host_batch_size(global_batch: int, host_count: int) -> int:
+  """Images each host loads per step: the global batch split evenly over the hosts."""
+  if global_batch % host_count:
+    raise ValueError(f'config.train.batch_size={global_batch} is not divisible by the '
+                     f'{host_count} processes')
+  return global_batch // host_count
+
+
+def make_train_data(config: Any, shard_index: int, shard_count: int
+                    ) -> tuple[synthetic_batches.SyntheticIterator | TrainIterator, int]:
+  """The training data of one host, whatever `data.source` is.
+
+  Returns:
+    `(iterator, epoch size)`: the iterator yields this host's share of each global batch in
+    the training-batch contract and has grain's `get_state` / `set_state`; the epoch size
+    (records of the whole split) sets the steps per epoch.
+  """
+  if config.data.source == 'synthetic':
+    it = synthetic_batches.SyntheticIterator(
+        config, host_batch_size(int(config.train.batch_size), shard_count), seed=config.seed,
+        process_index=shard_index)
+    return it, synthetic_batches.EPOCH_SIZE
+  loader = make_train_loader(config, 'train', shard_index=shard_index, shard_count=shard_count)
+  return loader, loader.num_records
+
+
 def make_train_loader(config: Any, split: str = 'train', *, seed: int | None = None,
                       worker_count: int | None = None, shard_index: int | None = None,
                       shard_count: int | None = None, num_epochs: int | None = None,
@@ -389,12 +415,9 @@ def make_train_loader(config: Any, split: str = 'train', *, seed: int | None = N
 
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
-  global_batch = int(config.train.batch_size)
-  if global_batch % shard_count:
-    raise ValueError(f'config.train.batch_size {global_batch} is not divisible by the '
-                     f'{shard_count} hosts')
   samples = make_samples(config, split, source)
-  plan = ShardPlan(num_records=len(samples), batch_size=global_batch // shard_count,
+  plan = ShardPlan(num_records=len(samples),
+                   batch_size=host_batch_size(int(config.train.batch_size), shard_count),
                    shard_index=int(shard_index), shard_count=int(shard_count),
                    seed=int(config.seed if seed is None else seed),
                    shuffle=bool(config.data.shuffle))

@@ -71,8 +71,7 @@ class SampleConfig:
 
   @classmethod
   def from_config(cls, config: Any) -> SampleConfig:
-    if isinstance(config, SampleConfig):
-      return config
+    """Built once per pipeline from the full config; the functions below take only this."""
     d = config.data
     if d.with_center:
       raise ValueError('config.data.with_center: the centre joint is not supported')
@@ -108,18 +107,18 @@ def _translate_bounds(max_translate: float, scale: float) -> tuple[int, int]:
   return int(-max_translate * scale), int(max_translate * scale)
 
 
-def sample_draws(rng: np.random.Generator, image_hw: tuple[int, int], config: Any) -> AugmentDraws:
+def sample_draws(rng: np.random.Generator, image_hw: tuple[int, int], c: SampleConfig
+                 ) -> AugmentDraws:
   """Draws the augmentation of one sample (same order and meaning as the official code).
 
   Args:
     rng: the per-sample generator (built by the loader from seed, epoch and index).
     image_hw: (height, width) of the decoded image; the translation range depends on it.
-    config: the full ConfigDict or a :class:`SampleConfig`.
+    c: the sample settings.
 
   Returns:
     The draws.
   """
-  c = SampleConfig.from_config(config)
   u_scale = float(rng.random())
   u_rot = float(rng.random())
   dx = dy = 0
@@ -144,9 +143,9 @@ class AffineParams:
   aug_rot: float
 
 
-def affine_params(draws: AugmentDraws, image_hw: tuple[int, int], config: Any) -> AffineParams:
+def affine_params(draws: AugmentDraws, image_hw: tuple[int, int], c: SampleConfig
+                  ) -> AffineParams:
   """Centre, scale (in units of 200 px) and rotation (degrees) from the draws."""
-  c = SampleConfig.from_config(config)
   h, w = image_hw
   aug_scale = draws.u_scale * (c.max_scale - c.min_scale) + c.min_scale
   scale = _base_scale(image_hw, c.scale_type) * aug_scale
@@ -230,7 +229,7 @@ def flip_joints(joints: np.ndarray, flip_index: tuple[int, ...], size: int) -> n
 
 
 def augment(image: np.ndarray, joints: np.ndarray, mask: np.ndarray, draws: AugmentDraws,
-            config: Any, flip_image: bool = True) -> dict[str, Any]:
+            c: SampleConfig, flip_image: bool = True) -> dict[str, Any]:
   """The official geometric augmentation (before target generation).
 
   Args:
@@ -242,7 +241,6 @@ def augment(image: np.ndarray, joints: np.ndarray, mask: np.ndarray, draws: Augm
     'joints_xy_s' `[N, K, C]` float64 (coordinates in output pixels), 'mat_s' `[2, 3]`;
     plus 'mat_input' and the :class:`AffineParams` under 'params'.
   """
-  c = SampleConfig.from_config(config)
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
     raise ValueError(f'image must be [H, W, 3] uint8, got {image.shape} {image.dtype}')
   if mask.shape != image.shape[:2]:
@@ -275,7 +273,7 @@ def augment(image: np.ndarray, joints: np.ndarray, mask: np.ndarray, draws: Augm
 
 
 def make_train_sample(image_rgb_uint8: np.ndarray, joints: np.ndarray, mask: np.ndarray,
-                      draws: AugmentDraws, config: Any) -> dict[str, np.ndarray]:
+                      draws: AugmentDraws, c: SampleConfig) -> dict[str, np.ndarray]:
   """One training example from a decoded image, its annotations and the random draws.
 
   Args:
@@ -284,13 +282,12 @@ def make_train_sample(image_rgb_uint8: np.ndarray, joints: np.ndarray, mask: np.
       sigma column when `data.scale_aware_sigma`), as returned by the sources.
     mask: `[H, W]` bool, True where the loss counts (official `get_mask`).
     draws: from :func:`sample_draws`.
-    config: the full ConfigDict, or a :class:`SampleConfig` (faster in a hot loop).
+    c: the sample settings (`SampleConfig.from_config(config)`).
 
   Returns:
     'image' `[S, S, 3]` float32 normalized, and for each stage s: 'heatmaps_s' `[R, R, K]`
     float32, 'masks_s' `[R, R]` float32, 'joints_s' `[M, K, 2]` int32 (official encoding).
   """
-  c = SampleConfig.from_config(config)
   a = augment(image_rgb_uint8, joints, mask, draws, c, flip_image=False)
   out = {'image': normalize_flip(a['image'], draws.flip)}
   for s, res in enumerate(c.output_size):

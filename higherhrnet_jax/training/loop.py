@@ -24,13 +24,10 @@ import numpy as np
 
 from higherhrnet_jax import distributed
 from higherhrnet_jax.data import pipeline
-from higherhrnet_jax.training import batches, checkpoint as ckpt_lib, logging as log_lib, optim
+from higherhrnet_jax.training import checkpoint as ckpt_lib, logging as log_lib, optim
 from higherhrnet_jax.training import sharding as sharding_lib, state as state_lib, step as step_lib
 
 log = log_lib.log
-
-# "Epoch" of generated data (`config.data.source = 'synthetic'`), for the LR schedule.
-SYNTHETIC_EPOCH_SIZE = 1024
 
 
 class CheckpointableIterator(Protocol):
@@ -54,22 +51,13 @@ class NonFiniteLossError(FloatingPointError):
 
 def make_train_data(config: ml_collections.ConfigDict, local_batch_size: int
                     ) -> tuple[CheckpointableIterator, int]:
-  """The loop's only data dependency: this host's batch iterator and the dataset size.
+  """The loop's only data dependency: this host's batch iterator and the epoch size.
 
-  Args:
-    config: full config.
-    local_batch_size: images per step on this host (global batch / process count).
-
-  Returns:
-    `(iterator, num_train_samples)`; the iterator yields the training-batch contract
-    (`image`, `heatmaps_s`, `masks_s`, `joints_s`) and has `get_state`/`set_state`.
+  `data/` owns every source (`pipeline.make_train_data`); `local_batch_size` is implied by
+  the config and the process count, and is part of the signature for custom `data_fn`s.
   """
-  if config.data.source == 'synthetic':
-    it = batches.SyntheticIterator(config, local_batch_size, seed=config.seed,
-                                   process_index=jax.process_index())
-    return it, SYNTHETIC_EPOCH_SIZE
-  loader = pipeline.make_train_loader(config, 'train')
-  return loader, loader.num_records  # each host reads its shard; an epoch is the whole set
+  del local_batch_size
+  return pipeline.make_train_data(config, jax.process_index(), jax.process_count())
 
 
 # Keys of a training batch that go to the device, per family (anything else, e.g. image ids,
@@ -196,7 +184,7 @@ def train(
 
     model = models.build(config.model)
 
-  data_iter, num_samples = (data_fn or make_train_data)(config, sharding_lib.local_batch_size(t.batch_size))
+  data_iter, num_samples = (data_fn or make_train_data)(config, pipeline.host_batch_size(t.batch_size, jax.process_count()))
   updates_per_epoch = optim.steps_per_epoch(config, num_samples)
   accum = int(t.grad_accum_steps)
   steps_per_epoch = round(updates_per_epoch * accum)  # train_step calls: the loader's epoch

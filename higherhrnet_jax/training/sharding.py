@@ -92,13 +92,3 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
       k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
       for k, v in local_batch.items()
   }
-
-
-def local_batch_size(global_batch_size: int) -> int:
-  """Images each host loads per step."""
-  n = jax.process_count()
-  if global_batch_size % n:
-    raise ValueError(
-        f'config.train.batch_size={global_batch_size} is not divisible by {n} processes'
-    )
-  return global_batch_size // n

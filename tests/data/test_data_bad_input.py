@@ -214,7 +214,8 @@ def test_keypoints_outside_image_are_kept_counted_and_not_drawn(tmp_path):
   np.testing.assert_array_equal(ex['joints'][0, 0], [-500.0, -400.0, 2])
   cfg = config_lib.with_input_size(config_lib.base_config(), 128)
   draws = transforms.AugmentDraws(u_scale=0.5, u_rot=0.5, dx=0, dy=0, flip=False)
-  out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], draws, cfg)
+  out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], draws,
+                                     transforms.SampleConfig.from_config(cfg))
   assert not out['heatmaps_0'][..., 0].any()  # far-away nose neither drawn ...
   assert out['joints_0'][0, :, 1].sum() == K - 2  # ... nor tagged; the eye maps outside too
   assert out['heatmaps_0'][..., 5].max() == 1.0
@@ -261,7 +262,8 @@ def test_images_without_people(tmp_path):
   assert not ex['mask'][:, :10].any() and ex['mask'][:, 10:].all()
   cfg = config_lib.with_input_size(config_lib.base_config(), 128)
   draws = transforms.AugmentDraws(u_scale=0.3, u_rot=0.7, dx=1, dy=-2, flip=True)
-  out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], draws, cfg)
+  out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], draws,
+                                     transforms.SampleConfig.from_config(cfg))
   assert not out['heatmaps_0'].any() and not out['heatmaps_1'].any()
   assert not out['joints_0'].any() and out['joints_1'].shape == (30, K, 2)
   assert 0 < out['masks_0'].mean() < 1

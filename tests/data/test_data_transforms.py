@@ -22,6 +22,8 @@ import numerics
 
 FIXTURES = ['train_sample.npz', 'more/train_sample.npz']
 
+S = transforms.SampleConfig.from_config  # the typed settings the sample functions take
+
 
 @pytest.fixture(scope='module')
 def cfg():
@@ -68,7 +70,7 @@ def test_affine_and_warps_match_official(src, cfg, fixtures_dir, fixture):
     ex = src.train_example(i)
     draws = _draws(d, p)
     assert draws.flip == (float(d[p + 'draw_u_flip']) < 0.5)
-    a = transforms.augment(ex['image'], ex['joints'], ex['mask'], draws, cfg)
+    a = transforms.augment(ex['image'], ex['joints'], ex['mask'], draws, S(cfg))
     par = a['params']
     assert abs(par.aug_scale - float(d[p + 'aug_scale'])) <= 1e-12
     assert abs(par.scale - float(d[p + 'scale'])) <= 1e-12
@@ -118,13 +120,13 @@ def test_fixture_covers_zero_rotation_and_flip(fixtures_dir):
 def test_sample_draws_semantics(cfg, fixtures_dir):
   d = np.load(fixtures_dir / 'train_sample.npz')
   hw = tuple(int(v) for v in d['sample0_image_hw'])
-  a = transforms.sample_draws(np.random.default_rng(7), hw, cfg)
-  b = transforms.sample_draws(np.random.default_rng(7), hw, cfg)
+  a = transforms.sample_draws(np.random.default_rng(7), hw, S(cfg))
+  b = transforms.sample_draws(np.random.default_rng(7), hw, S(cfg))
   assert a == b  # a pure function of the generator state
   for seed in range(200):
-    dr = transforms.sample_draws(np.random.default_rng(seed), hw, cfg)
+    dr = transforms.sample_draws(np.random.default_rng(seed), hw, S(cfg))
     assert 0 <= dr.u_scale < 1 and 0 <= dr.u_rot < 1
-    par = transforms.affine_params(dr, hw, cfg)
+    par = transforms.affine_params(dr, hw, S(cfg))
     # Official randint bounds: int() of the float bounds, high exclusive (fixture randint_args).
     lo, hi = int(-40 * par.scale), int(40 * par.scale)
     assert lo <= dr.dx < hi and lo <= dr.dy < hi
@@ -136,10 +138,10 @@ def test_sample_draws_semantics(cfg, fixtures_dir):
 def test_flip_probability_from_config():
   cfg = config_lib.base_config()
   cfg.data.flip = 0.0
-  assert not any(transforms.sample_draws(np.random.default_rng(s), (100, 120), cfg).flip
+  assert not any(transforms.sample_draws(np.random.default_rng(s), (100, 120), S(cfg)).flip
                  for s in range(20))
   cfg.data.flip = 1.0
-  assert all(transforms.sample_draws(np.random.default_rng(s), (100, 120), cfg).flip
+  assert all(transforms.sample_draws(np.random.default_rng(s), (100, 120), S(cfg)).flip
              for s in range(20))
 
 
@@ -147,7 +149,7 @@ def test_long_scale_type_and_flip_index():
   cfg = config_lib.base_config()
   cfg.data.scale_type = 'long'
   dr = transforms.AugmentDraws(u_scale=0.0, u_rot=0.5, dx=0, dy=0, flip=False)
-  assert transforms.affine_params(dr, (300, 500), cfg).scale == pytest.approx(500 / 200 * 0.75)
+  assert transforms.affine_params(dr, (300, 500), S(cfg)).scale == pytest.approx(500 / 200 * 0.75)
   joints = np.zeros((1, 17, 3))
   joints[0, 1] = [10.0, 4.0, 2]  # left eye
   flipped = transforms.flip_joints(joints, cfg.dataset.keypoints.flip_index, 128)
@@ -169,9 +171,9 @@ def test_scale_aware_sigma_divided_by_aug_scale():
   joints[0, :, 2] = 2
   joints[0, :, 3] = 3.0
   dr = transforms.AugmentDraws(u_scale=1.0, u_rot=0.5, dx=0, dy=0, flip=False)  # aug_scale 1.5
-  a = transforms.augment(img, joints, np.ones((200, 200), bool), dr, cfg)
+  a = transforms.augment(img, joints, np.ones((200, 200), bool), dr, S(cfg))
   np.testing.assert_allclose(a['joints_xy_0'][0, :, 3], 2.0, rtol=0, atol=1e-12)
-  out = transforms.make_train_sample(img, joints, np.ones((200, 200), bool), dr, cfg)
+  out = transforms.make_train_sample(img, joints, np.ones((200, 200), bool), dr, S(cfg))
   assert out['heatmaps_0'].max() > 0
 
 

@@ -70,6 +70,7 @@ def test_top_down_coco_two_processes_equal_one(tmp_path, topdown_fixtures_dir, c
   assert files == ['metrics.json', 'pred_40083.png', 'pred_785.png', 'results.json']
 
 
+@pytest.mark.slow  # 20 s
 def test_bottom_up_two_processes_equal_one(tmp_path, fixtures_dir, coco_sample_dir):
   one, files = _check('bottom_up', tmp_path, coco_sample_dir)
   assert one['num_people'] > 0

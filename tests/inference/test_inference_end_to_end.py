@@ -1,6 +1,6 @@
 """End to end from image files to COCO metrics with perfect network outputs.
 
-Ground-truth keypoints of the COCO sample are rendered (`inference.oracle`) as the outputs
+Ground-truth keypoints of the COCO sample are rendered (`bench/oracle.py`) as the outputs
 a perfect network would give at each stage resolution after the test resize (and mirrored
 for the flip call), then go through the real aggregation (bucketed batch), grouping, the
 map back to image pixels and pycocotools. AP must be >= 0.95: this checks every coordinate convention
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bench import oracle
 from higherhrnet_jax.config import base_config
 from higherhrnet_jax.evaluation import coco as C
-from higherhrnet_jax.inference import oracle
 from higherhrnet_jax.inference import outputs as O
 from higherhrnet_jax.inference import transforms as T
 

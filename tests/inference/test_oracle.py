@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from bench import oracle
 from higherhrnet_jax.config import base_config
-from higherhrnet_jax.inference import oracle
 from higherhrnet_jax.inference import outputs as O
 from higherhrnet_jax.inference import transforms as T
 

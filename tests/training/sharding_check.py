@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 
 import tiny_standin  # noqa: E402
 from higherhrnet_jax import config as config_lib  # noqa: E402
-from higherhrnet_jax.training import batches, optim, sharding, state as state_lib, step as step_lib  # noqa: E402
+from higherhrnet_jax.data import synthetic_batches as batches  # noqa: E402
+from higherhrnet_jax.training import optim, sharding, state as state_lib, step as step_lib  # noqa: E402
 
 
 _INITIAL = None

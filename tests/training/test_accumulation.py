@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from higherhrnet_jax import config as config_lib
-from higherhrnet_jax.training import batches, optim, sharding, state as state_lib, step as step_lib
+from higherhrnet_jax.data import synthetic_batches as batches
+from higherhrnet_jax.training import optim, sharding, state as state_lib, step as step_lib
 
 
 class NoNormModel(nn.Module):

@@ -9,7 +9,8 @@ import pytest
 
 import tiny_standin
 from higherhrnet_jax import config as config_lib
-from higherhrnet_jax.training import batches, checkpoint as ckpt_lib, loop
+from higherhrnet_jax.data import synthetic_batches as batches
+from higherhrnet_jax.training import checkpoint as ckpt_lib, loop
 
 
 def _config(repo, *overrides):

@@ -145,6 +145,7 @@ def test_two_processes_match_one_and_resume_exactly(reference_1x4, tmp_path):
   _assert_same_run(reference_1x4, tmp_path / 'run')
 
 
+@pytest.mark.slow  # two jobs, 20 s
 def test_a_job_of_another_size_continues_the_same_run(reference_1x4, tmp_path):
   # Checkpointed by 2 processes, resumed by 1 process with all 4 devices: the state is
   # restored onto the new layout and the data position is counted in global batches.
@@ -155,10 +156,24 @@ def test_a_job_of_another_size_continues_the_same_run(reference_1x4, tmp_path):
   _assert_same_run(reference_1x4, run)
 
 
+@pytest.mark.slow  # three jobs, 30 s
 def test_sharded_parameters_and_per_device_batch_norm_match_one_process(tmp_path):
   # FSDP (parameters and optimizer state split over the 4 devices, which now span 2
   # processes) and the official per-device BatchNorm statistics: still one float program.
   extra = ('train.shard_params=True', 'train.per_device_batch_norm=True')
+  ref, run = tmp_path / 'ref', tmp_path / 'run'
+  _run(ref, STEPS, processes=1, devices=4, extra=extra)
+  _stop_at_3_and_resume(run, extra=extra)
+  _assert_same_run(ref, run)
+
+
+@pytest.mark.slow  # three jobs, 30 s
+def test_coco_sample_two_processes_match_one_process(tmp_path, coco_sample_dir):
+  # Real images through the grain pipeline: each process decodes and augments its own
+  # block of every global batch (4 images: 1 per device).
+  extra = ('data.source=auto', f'dataset.train_annotations={coco_sample_dir / "test_coco.json"}',
+           f'dataset.train_images={coco_sample_dir}', 'data.num_workers=0',
+           'train.batch_size=4')
   ref, run = tmp_path / 'ref', tmp_path / 'run'
   _run(ref, STEPS, processes=1, devices=4, extra=extra)
   _stop_at_3_and_resume(run, extra=extra)

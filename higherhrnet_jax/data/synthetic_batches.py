@@ -1,4 +1,7 @@
-"""Generated training batches with a checkpointable iterator (smoke runs, tests, benchmarks).
+"""`data.source='synthetic'`: generated training batches with a checkpointable iterator.
+
+For smoke runs, tests and benchmarks that need no files (the generated COCO-format scenes
+of the quickstart are `data/synthetic.py`, read like any dataset).
 
 Batch `i` is a pure function of `(seed, i, process_index)`, so `get_state()` is just the
 index and a resumed run sees exactly the batches an uninterrupted run would have seen
@@ -11,6 +14,9 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+
+# The "epoch" of generated data, for the learning-rate schedule.
+EPOCH_SIZE = 1024
 
 
 def _gaussian_maps(xy: np.ndarray, visible: np.ndarray, r: int, sigma: float) -> np.ndarray:
