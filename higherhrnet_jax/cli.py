@@ -40,21 +40,6 @@ def run_eval(config, checkpoint: str, output: str, *, max_images: int = 0, batch
   return metrics
 
 
-def split_config_args(argv: list[str]) -> tuple[str, list[str], list[str]]:
-  """`--config=F` and `--config.a.b=v` flags -> (path, ['a.b=v', ...], other arguments)."""
-  path, overrides, rest = None, [], []
-  for a in argv:
-    if a.startswith('--config='):
-      path = a.split('=', 1)[1]
-    elif a.startswith('--config.'):
-      overrides.append(a[len('--config.'):])
-    else:
-      rest.append(a)
-  if path is None:
-    raise SystemExit('--config=<file> is required')
-  return path, overrides, rest
-
-
 def run_train(config, workdir: str | pathlib.Path) -> dict | None:
   """train.py on a validated config: data preparation, training (resuming), evaluation and
   the final report."""

@@ -18,15 +18,15 @@ image pixels, joint scores, person score); a video gives `<name>.mp4` (same fram
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 
 import cv2
 import numpy as np
+from absl import flags
 
-from higherhrnet_jax import cli, config as config_lib, keypoints, visualize, weights
+from higherhrnet_jax import apps, config as config_lib, keypoints, visualize, weights
 from higherhrnet_jax.data.coco import CorruptImageError, decode_image
 from higherhrnet_jax.inference.predictor import Prediction, Predictor
 from higherhrnet_jax.topdown import detector_free
@@ -92,61 +92,67 @@ def run_video(predictor: Predictor, path: pathlib.Path, out: pathlib.Path,
   return frames
 
 
-def _two_stage(parser: argparse.ArgumentParser, a: argparse.Namespace, config, variables):
+def _two_stage(fv: flags.FlagValues, config, variables):
   """The top-down predictor, people from `--boxes` or from `--people_config` / checkpoint."""
-  if bool(a.boxes) == bool(a.people_config):
-    parser.error('a top-down config needs exactly one of --boxes and --people_config')
+  if bool(fv.boxes) == bool(fv.people_config):
+    raise SystemExit('a top-down config needs exactly one of --boxes and --people_config')
   people = None
-  if a.people_config:
-    if not a.people_checkpoint:
-      parser.error('--people_config needs --people_checkpoint')
-    people_config = config_lib.load_config(a.people_config)
-    people = (people_config, weights.load(a.people_checkpoint, people_config.model))
+  if fv.people_config:
+    if not fv.people_checkpoint:
+      raise SystemExit('--people_config needs --people_checkpoint')
+    people_config = config_lib.load_config(fv.people_config)
+    people = (people_config, weights.load(fv.people_checkpoint, people_config.model))
   two_stage = detector_free.make(config, variables, people)
-  if not a.boxes:
+  if not fv.boxes:
     return two_stage
   try:
-    boxes = np.asarray(json.loads(pathlib.Path(a.boxes).read_text()), np.float64)
+    boxes = np.asarray(json.loads(pathlib.Path(fv.boxes).read_text()), np.float64)
   except (OSError, ValueError) as e:
-    parser.error(f'--boxes: cannot read {a.boxes}: {e}')
+    raise SystemExit(f'--boxes: cannot read {fv.boxes}: {e}') from None
   if boxes.ndim != 2 or boxes.shape[1] != 4:
-    parser.error(f'--boxes: {a.boxes} must hold a list of [x, y, w, h], got shape {boxes.shape}')
+    raise SystemExit(f'--boxes: {fv.boxes} must hold a list of [x, y, w, h], got shape '
+                     f'{boxes.shape}')
   return lambda image: two_stage(image, boxes)
 
 
+def _define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string('checkpoint', None, 'Official .pth/.npz or training workdir.',
+                      flag_values=fv, required=True)
+  flags.DEFINE_string('input', None, 'Image, folder of images, or video.', flag_values=fv,
+                      required=True)
+  flags.DEFINE_string('output', None, 'Output folder.', flag_values=fv, required=True)
+  flags.DEFINE_float('score_threshold', 0.1, 'People drawn above this score.', flag_values=fv)
+  flags.DEFINE_string('boxes', '', 'Top-down: JSON list of [x, y, w, h] person boxes.',
+                      flag_values=fv)
+  flags.DEFINE_string('people_config', '', 'Top-down: HigherHRNet config finding people.',
+                      flag_values=fv)
+  flags.DEFINE_string('people_checkpoint', '', 'Top-down: its checkpoint.', flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> None:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  path, overrides, rest = cli.split_config_args(argv)
-  p = argparse.ArgumentParser(prog='python -m higherhrnet_jax.demo')
-  p.add_argument('--checkpoint', required=True, help='official .pth/.npz or training workdir')
-  p.add_argument('--input', required=True, help='image, folder of images, or video')
-  p.add_argument('--output', required=True, help='output folder')
-  p.add_argument('--score_threshold', type=float, default=0.1)
-  p.add_argument('--boxes', default='', help='top-down: JSON list of [x, y, w, h] person boxes')
-  p.add_argument('--people_config', default='', help='top-down: HigherHRNet config finding people')
-  p.add_argument('--people_checkpoint', default='', help='top-down: its checkpoint')
-  a = p.parse_args(rest)
-  config = config_lib.load_config(path, overrides)
-  variables = weights.load(a.checkpoint, config.model)
+  fv = apps.parse_tool_flags(sys.argv[1:] if argv is None else argv,
+                             'python -m higherhrnet_jax.demo', _define)
+  config = config_lib.validate(fv.config)
+  variables = weights.load(fv.checkpoint, config.model)
   if config.model.name == 'pose_hrnet':
-    predictor = _two_stage(p, a, config, variables)
+    predictor = _two_stage(fv, config, variables)
   else:
-    if a.boxes or a.people_config:
-      p.error('--boxes / --people_config apply to top-down configs only')
+    if fv.boxes or fv.people_config:
+      raise SystemExit('--boxes / --people_config apply to top-down configs only')
     predictor = Predictor(config, variables)
   spec = keypoints.spec_from_config(config.dataset.keypoints)
-  src, out = pathlib.Path(a.input), pathlib.Path(a.output)
+  src, out = pathlib.Path(fv.input), pathlib.Path(fv.output)
   out.mkdir(parents=True, exist_ok=True)
   if src.is_dir():
     paths = sorted(q for q in src.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
       raise SystemExit(f'--input: no images in {src}')
-    run_images(predictor, paths, out, spec, a.score_threshold)
+    run_images(predictor, paths, out, spec, fv.score_threshold)
   elif src.suffix.lower() in VIDEO_SUFFIXES:
-    n = run_video(predictor, src, out, spec, a.score_threshold)
+    n = run_video(predictor, src, out, spec, fv.score_threshold)
     print(f'{src.name}: {n} frames -> {out / (src.stem + ".mp4")}')
   elif src.is_file():
-    run_images(predictor, [src], out, spec, a.score_threshold)
+    run_images(predictor, [src], out, spec, fv.score_threshold)
   else:
     raise SystemExit(f'--input: not found: {src}')
 

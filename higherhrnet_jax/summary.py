@@ -18,7 +18,6 @@ input size is cheap. BatchNorm, ReLU, upsampling and additions are not counted.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -129,25 +128,26 @@ def format_table(summary: Summary) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from higherhrnet_jax import config as config_lib
+  from absl import flags
+  from ml_collections import config_flags
 
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help='config file, e.g. configs/coco/higherhrnet_w32_512.py')
-  parser.add_argument('--input_size', type=int, default=0, help='square input side (default: data.input_size, the crop size for top-down)')
-  parser.add_argument('--json', action='store_true', help='print a JSON object as the last line')
-  args, overrides = parser.parse_known_args(argv)
-  bad = [o for o in overrides if not o.startswith('--config.')]
-  if bad:
-    parser.error(f'unrecognised arguments: {" ".join(bad)} (overrides look like --config.a.b=value)')
+  from higherhrnet_jax import apps, config as config_lib
+
+  def define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer('input_size', 0, 'Square input side (default: data.input_size, the '
+                         'crop size for top-down).', flag_values=fv)
+    flags.DEFINE_bool('json', False, 'Print a JSON object as the last line.', flag_values=fv)
+
+  fv = apps.parse_tool_flags(sys.argv[1:] if argv is None else argv, 'higherhrnet-summary',
+                             define)
   try:
-    config = config_lib.load_config(args.config, overrides)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
-    parser.error(str(e))
-  summary = summarize(config.model, args.input_size or config.data.input_size)
-  print(f'{args.config}:')
+    config = config_lib.validate(fv.config)
+  except config_lib.ConfigError as e:
+    raise SystemExit(f'higherhrnet-summary: {e}') from None
+  summary = summarize(config.model, fv.input_size or config.data.input_size)
+  print(f'{config_flags.get_config_filename(fv["config"])}:')
   print(format_table(summary))
-  if args.json:
+  if fv.json:
     print(json.dumps(summary.to_json()))
   return 0
 

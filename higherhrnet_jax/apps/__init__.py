@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from higherhrnet_jax import distributed
 
@@ -40,3 +41,33 @@ def run(main: Callable[[list[str]], None], module: str, required: Sequence[str])
       flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
   flags.mark_flags_as_required(list(required))
   app.run(main)
+
+
+def parse_tool_flags(argv: Sequence[str], prog: str,
+                     define: Callable[[flags.FlagValues], None]) -> flags.FlagValues:
+  """Flags of a tool that is also called as a function (demo, summary), with `--config`.
+
+  The same `config_flags` file flag and `--config.a.b=value` overrides as train.py and
+  eval.py, but in a flag set of its own: absl's global flags could not hold a second
+  `--config` next to theirs, and a function may be called many times. `define(flag_values)`
+  adds the tool's flags. `--help` prints them and exits 0; bad flags exit with the message.
+  """
+  argv = list(argv)
+  fv = flags.FlagValues()
+  # `sys_argv`: where config_flags finds the `--config.a.b` overrides to define.
+  config_flags.DEFINE_config_file('config', None, 'Config file (defines get_config()).',
+                                  flag_values=fv, lock_config=True, sys_argv=[prog, *argv])
+  define(fv)
+  if '--help' in argv or '-h' in argv:
+    defined = sorted({f.name: f for fs in fv.flags_by_module_dict().values() for f in fs}.items())
+    print(f'usage: {prog} --config=<file> [--config.a.b=value ...] [flags]\n')
+    for name, flag in defined:
+      print(f'  --{name}: {flag.help}' + (f' (default: {flag.default!r})' if flag.default else ''))
+    raise SystemExit(0)
+  try:
+    fv([prog, *argv])
+  except flags.Error as e:
+    raise SystemExit(f'{prog}: {e}') from None
+  if fv['config'].value is None:
+    raise SystemExit(f'{prog}: --config is required')
+  return fv

@@ -1,7 +1,8 @@
 """Configuration: loading with overrides, one validation, and the two families' base configs.
 
-`load_config(path, overrides)` is the loader every entry point uses (the absl apps get the
-same files through `config_flags` and call `validate`). `model.name` picks the family:
+The programs (train.py, eval.py, the demo and the summary) read `--config=<file>` and its
+`--config.a.b=value` overrides through ml_collections' `config_flags` and call `validate`
+once; `load_config(path, overrides)` is the same for library callers and tests. `model.name` picks the family:
 `higher_hrnet` (bottom-up, `higher_hrnet.py`) or `pose_hrnet` (top-down, `pose_hrnet.py`);
 `common.py` holds what both share (HRNet stage layout, the training block).
 

@@ -277,6 +277,14 @@ def train(
       if preempted:
         log.warning('preemption signal: saved step %d, stopping; rerun to resume', step)
         break
+  except jax.errors.JaxRuntimeError:
+    if jax.process_count() > 1:
+      # Most often a peer died (its host failed or was killed): every process of the job
+      # stops here or at JAX's heartbeat timeout; relaunching the job resumes.
+      log.error('step %d: a collective with the other processes failed; if a process of '
+                'the job died, relaunch the whole job to resume from the last checkpoint '
+                '(%s)', step + 1, ckpt.workdir / 'checkpoints')
+    raise
   finally:
     term.restore()
     ckpt.close()

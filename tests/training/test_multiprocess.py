@@ -228,6 +228,10 @@ def test_sigterm_and_sigkill_then_relaunch_reproduce_the_run(cli_reference_1x4, 
     procs[0].kill()
     pytest.fail('the surviving process was still running 60 s after its peer was killed')
   assert procs[0].returncode != 0, _output(run)[-2000:]
+  # What it says: our hint at the failed collective, or JAX's heartbeat verdict.
+  said = _output(run)
+  assert ('a collective with the other processes failed' in said
+          or 'heartbeat timeout' in said), said[-3000:]
   # Relaunched, the job continues from step 3 and reproduces the reference bit for bit.
   _run(run, STEPS, processes=2, devices=2, cli=True)
   assert 'resumed from' in _output(run)
