@@ -88,7 +88,8 @@ def make_source(config: Any, split: str = 'train', *, train: bool | None = None)
 
     return reader.TfdsSource.from_config(config, name, train=train)
   if kind != 'numpy':
-    raise ValueError(f"config.data.source: 'auto', 'numpy' or 'tfds', got {kind!r}")
+    raise ValueError("config.data.source: 'auto', 'numpy', 'tfds' or (training only) "
+                     f"'synthetic', got {kind!r}")
   return coco.source_from_config(config, train=train, split=name)
 
 

@@ -3,9 +3,10 @@
 For smoke runs, tests and benchmarks that need no files (the generated COCO-format scenes
 of the quickstart are `data/synthetic.py`, read like any dataset).
 
-Batch `i` is a pure function of `(seed, i, process_index)`, so `get_state()` is just the
-index and a resumed run sees exactly the batches an uninterrupted run would have seen
-(the same contract as a grain iterator's `get_state()` / `set_state()`).
+Image `g` of global batch `i` is a pure function of `(seed, i, g)`, so `get_state()` is
+just the index and a resumed run, of any number of processes, sees exactly the batches an
+uninterrupted run would have seen (the contract of a grain iterator's `get_state()` /
+`set_state()`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from higherhrnet_jax.data import targets
+
 # The "epoch" of generated data, for the learning-rate schedule.
 EPOCH_SIZE = 1024
-
-
-def _gaussian_maps(xy: np.ndarray, visible: np.ndarray, r: int, sigma: float) -> np.ndarray:
-  """Max-combined Gaussians `[R, R, K]` for people `xy [M, K, 2]` (pixels of an R map)."""
-  grid = np.arange(r, dtype=np.float32)
-  dx = np.square(grid[None, None, :] - xy[..., 0, None])  # [M, K, R]
-  dy = np.square(grid[None, None, :] - xy[..., 1, None])
-  g = np.exp(-(dy[..., :, None] + dx[..., None, :]) / (2 * sigma**2))  # [M, K, R, R]
-  g = g * visible[..., None, None]
-  return np.transpose(g.max(axis=0), (1, 2, 0)).astype(np.float32)
 
 
 def synthetic_batch(
@@ -34,36 +27,31 @@ def synthetic_batch(
 ) -> dict[str, np.ndarray]:
   """One batch in the training-batch contract (image, heatmaps_s, masks_s, joints_s).
 
-  The image carries a bright blob at every visible joint, so a model can learn it and
-  the loss falls within a few steps.
+  Random people (joints at uniform positions, 80% visible) with the official targets of
+  the real pipeline (`data/targets.py`); the image carries a bright blob at every visible
+  joint, so a model can learn it and the loss falls within a few steps.
   """
   k = config.model.num_joints
   size = config.data.input_size
   m = config.data.max_num_people
-  out = {}
+  tag_per_joint = bool(config.model.tag_per_joint)
   base = rng.uniform(0.1, 0.9, (batch_size, people, k, 2))  # fraction of the image
   visible = rng.uniform(size=(batch_size, people, k)) < 0.8
+
+  def joints_at(b: int, res: int) -> np.ndarray:
+    return np.concatenate([base[b] * res, visible[b, ..., None]], axis=-1)  # [P, K, 3]
+
   image = rng.standard_normal((batch_size, size, size, 3)).astype(np.float32) * 0.1
   for b in range(batch_size):
-    blobs = _gaussian_maps(base[b] * size, visible[b], size, 2.0).max(axis=-1)
-    image[b] += 2.0 * blobs[..., None]
-  out['image'] = image
+    image[b] += 2.0 * targets.heatmaps(joints_at(b, size), size, 2.0).max(axis=-1)[..., None]
+  out = {'image': image}
   for s, r in enumerate(config.data.output_size):
-    xy = base * r
-    out[f'heatmaps_{s}'] = np.stack(
-        [_gaussian_maps(xy[b], visible[b], r, float(config.data.sigma)) for b in range(batch_size)]
-    )
+    sigma = float(config.data.sigma)
+    out[f'heatmaps_{s}'] = np.stack([targets.heatmaps(joints_at(b, r), r, sigma)
+                                     for b in range(batch_size)])
     out[f'masks_{s}'] = np.ones((batch_size, r, r), np.float32)
-    joints = np.zeros((batch_size, m, k, 2), np.int32)
-    xi = xy.astype(np.int32)
-    for b in range(batch_size):
-      for p in range(min(people, m)):
-        slot = 0
-        for j in range(k):
-          if visible[b, p, j]:
-            joints[b, p, slot] = (j * r * r + xi[b, p, j, 1] * r + xi[b, p, j, 0], 1)
-            slot += 1
-    out[f'joints_{s}'] = joints
+    out[f'joints_{s}'] = np.stack([targets.joint_indices(joints_at(b, r), r, m, tag_per_joint)
+                                   for b in range(batch_size)])
   return out
 
 
