@@ -46,3 +46,19 @@ def test_gather_raises_the_parts_own_error():
 
   with pytest.raises(KeyError, match='785'):
     distributed.gather(broken)
+
+
+def test_compilation_cache_directory(monkeypatch, tmp_path):
+  import jax
+
+  from higherhrnet_jax import apps
+
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    assert apps.enable_compilation_cache('none') is None
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    assert apps.enable_compilation_cache() == str(tmp_path / 'higherhrnet_jax' / 'xla')
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'higherhrnet_jax' / 'xla')
+    assert apps.enable_compilation_cache(str(tmp_path / 'x')) == str(tmp_path / 'x')
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -24,10 +26,32 @@ _HEARTBEAT = flags.DEFINE_integer(
     'A process that has not heard from its peers this long exits with an error.')
 
 
+_CACHE = flags.DEFINE_string(
+    'compilation_cache_dir', '',
+    "XLA's persistent compilation cache: a repeated or resumed run loads its compiled "
+    "programs instead of compiling again. '' (default): <XDG_CACHE_HOME or ~/.cache>/"
+    "higherhrnet_jax/xla; 'none': off.")
+
+
 def initialize_distributed() -> None:
-  """Joins the job described by the flags or the cluster; before any JAX computation."""
+  """Joins the job described by the flags or the cluster and turns on the compilation
+  cache; before any JAX computation."""
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          cpu_devices=_CPU_DEVICES.value, heartbeat_timeout_s=_HEARTBEAT.value)
+  enable_compilation_cache(_CACHE.value)
+
+
+def enable_compilation_cache(directory: str = '') -> str | None:
+  """Points JAX's persistent compilation cache at `directory` (see the flag); returns it."""
+  if directory == 'none':
+    return None
+  if not directory:
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    directory = os.path.join(base, 'higherhrnet_jax', 'xla')
+  jax.config.update('jax_compilation_cache_dir', directory)
+  # Programs that compile in under a second are not worth a file.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  return directory
 
 
 def run(main: Callable[[list[str]], None], module: str, required: Sequence[str]) -> None:

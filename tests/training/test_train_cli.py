@@ -10,8 +10,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent.parent
 
 
-def _train(workdir, steps):
-  cmd = [sys.executable, str(REPO / 'train.py'), '--config', str(REPO / 'configs' / 'tiny.py'),
+def _train(workdir, steps, *extra):
+  cmd = [sys.executable, str(REPO / 'train.py'), '--config', str(REPO / 'configs' / 'tiny.py'), *extra,
          '--workdir', str(workdir), '--config.data.source=synthetic', '--config.data.input_size=64',
          '--config.data.output_size=(16,32)', f'--config.train.num_steps={steps}',
          '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2']
@@ -23,9 +23,11 @@ def _train(workdir, steps):
 
 @pytest.mark.slow
 def test_cli_trains_then_resumes(tmp_path):
-  first = _train(tmp_path, 3)
+  cache = f'--compilation_cache_dir={tmp_path / "xla"}'
+  first = _train(tmp_path / 'run', 3, cache)
   assert 'step 3/3' in first and 'resumed' not in first
-  second = _train(tmp_path, 5)
+  assert any((tmp_path / 'xla').iterdir())  # the compiled train step, for the next run
+  second = _train(tmp_path / 'run', 5, cache)
   assert 'resumed from' in second and 'at step 3' in second
   assert 'step 4/5' in second and 'step 1/5' not in second
 
