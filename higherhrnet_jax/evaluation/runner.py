@@ -19,6 +19,7 @@ import numpy as np
 
 from higherhrnet_jax import distributed, keypoints, visualize
 from higherhrnet_jax.data import coco as coco_data
+from higherhrnet_jax.data import pipeline
 from higherhrnet_jax.evaluation import coco as coco_eval
 from higherhrnet_jax.evaluation import crowdpose as crowdpose_eval
 from higherhrnet_jax.inference.predictor import Predictor
@@ -32,7 +33,21 @@ _log = logging.getLogger(__name__)
 DRAW_SCORE_THRESHOLD = 0.2
 
 
-def _images(source: coco_data.KeypointSource, indices: Sequence[int], skipped: list[str]):
+def eval_source(config) -> Any:
+  """The test split's images: HigherHRNet reads them from the configured data source
+  (annotation files or a TFDS build); the top-down loop reads files, as its person records
+  come from the annotation file. Ground truth always comes from the annotation file."""
+  if config.model.name == 'pose_hrnet' or config.data.source == 'synthetic':
+    return coco_data.source_from_config(config, train=False)
+  return pipeline.make_source(config, 'test')
+
+
+def _annotation_file(config, source) -> pathlib.Path:
+  known = getattr(source, 'annotation_file', None)
+  return known or coco_data.split_paths(config, config.dataset.test_split)[0]
+
+
+def _images(source: pipeline.ExampleSource, indices: Sequence[int], skipped: list[str]):
   for index in indices:
     try:
       example = source.eval_example(index)
@@ -43,7 +58,7 @@ def _images(source: coco_data.KeypointSource, indices: Sequence[int], skipped: l
     yield example['image_id'], example['image']
 
 
-def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource | None = None,
+def evaluate(predictor: Predictor, config, *, source: pipeline.ExampleSource | None = None,
              out_dir: str | pathlib.Path | None = None, max_images: int = 0,
              batch_size: int = 1, render: int = 0, progress: bool = False,
              profile: bool = True) -> dict[str, Any]:
@@ -56,7 +71,8 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
   Args:
     predictor: compiled inference for the model to evaluate.
     config: full config (`dataset.*` locates the split; `test.*` sets flip/adjust/refine).
-    source: the split to use (default: `dataset.test_split` from the config).
+    source: the split's images (default: `dataset.test_split` through `data.source`: files
+      or a TFDS build; the ground truth is the split's annotation file either way).
     out_dir: if given, receives `results.json` (COCO results records), `metrics.json` and
       up to `render` pictures `pred_<image_id>.png`.
     max_images: evaluate only the first N images (0: all).
@@ -70,7 +86,7 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
     `num_images`, `num_skipped_images`, per-image times in ms and `wall_s`.
   """
   t_start = time.perf_counter()
-  source = source or coco_data.source_from_config(config, train=False)
+  source = source or eval_source(config)
   spec = keypoints.spec_from_config(config.dataset.keypoints)
   count = len(source) if not max_images else min(max_images, len(source))
   mine = distributed.my_part(range(count))
@@ -106,7 +122,7 @@ def evaluate(predictor: Predictor, config, *, source: coco_data.KeypointSource |
   parts = distributed.gather(predict_my_part)
   ids = [i for p in parts for i in p['ids']]
   records = [r for p in parts for r in p['records']]
-  ann_file = source.annotation_file
+  ann_file = _annotation_file(config, source)
   if config.dataset.name == 'crowdpose':
     metrics = crowdpose_eval.evaluate_crowdpose(ann_file, records, sigmas=spec.sigmas)
   else:
@@ -163,7 +179,7 @@ class Evaluator:
     self.out_dir = out_dir
     # Fails early if the split is missing (MPII records are read by the top-down runner).
     self.source = (None if config.dataset.name == 'mpii'
-                   else coco_data.source_from_config(config, train=False))
+                   else eval_source(config))
     self.last: dict[str, Any] | None = None
     self._predictor: Predictor | TopDownPredictor | None = None
 

@@ -1,5 +1,6 @@
 """TFDS builder (ArrayRecord, no TensorFlow) read back through the grain pipeline."""
 
+import json
 import pathlib
 
 import numpy as np
@@ -72,3 +73,29 @@ def test_missing_build_names_the_directory(tmp_path):
       'data.source=tfds', f'data.tfds_data_dir={tmp_path}'])
   with pytest.raises(FileNotFoundError, match=str(tmp_path)):
     pipeline.make_source(c, 'train')
+
+
+def test_bottom_up_evaluation_reads_the_build(coco_sample_dir, fixtures_dir, tmp_path):
+  # data.source=tfds: the evaluation takes its images from the build (in TFDS order) and
+  # scores them against the annotation file, with the results of the file source.
+  from higherhrnet_jax import weights
+  from higherhrnet_jax.evaluation import coco as coco_eval
+  from higherhrnet_jax.evaluation import runner
+  from higherhrnet_jax.inference.predictor import Predictor
+
+  b = _build(coco_sample_dir, tmp_path, 'coco', 'test_coco.json', 'val2017')
+  common = [f'dataset.test_annotations={coco_sample_dir / "test_coco.json"}',
+            f'dataset.test_images={coco_sample_dir}', 'dataset.test_split=val2017',
+            'test.refine=False']
+  files = config_lib.load_config(REPO / 'configs' / 'tiny.py', common)
+  built = config_lib.load_config(REPO / 'configs' / 'tiny.py', common + [
+      'data.source=tfds', f'data.tfds_data_dir={b.data_path}'])
+  assert isinstance(runner.eval_source(built), reader.TfdsSource)
+  predictor = Predictor(files, weights.load(fixtures_dir / 'tiny_state_dict.npz', files.model))
+  a = runner.evaluate(predictor, files, out_dir=tmp_path / 'files')
+  t = runner.evaluate(predictor, built, out_dir=tmp_path / 'tfds')
+  assert a['num_images'] == t['num_images'] == 4 and a['num_people'] == t['num_people'] > 0
+  assert [a[k] for k in coco_eval.STATS_NAMES] == [t[k] for k in coco_eval.STATS_NAMES]
+  by_image = lambda d: sorted(json.loads((d / 'results.json').read_text()),
+                              key=lambda r: (r['image_id'], -r['score'], r['keypoints']))
+  assert by_image(tmp_path / 'files') == by_image(tmp_path / 'tfds')
