@@ -134,7 +134,8 @@ def _race(runs: dict, repeats: int) -> dict:
 def _row(kind: str, batch: int, size: int, race: dict) -> dict:
   med = race['median_s']
   best_torch = min(med['torch_nchw'], med['torch_channels_last'])
-  return {'kind': kind, 'batch': batch, 'input': size, **{f'{k}_ms': 1e3 * v for k, v in med.items()},
+  times = {f'{k}_ms': 1e3 * v for k, v in med.items()}
+  return {'kind': kind, 'batch': batch, 'input': size, **times,
           'ours_compile_s': race['first_call_s']['ours'] - med['ours'],
           'ratio': med['ours'] / best_torch}
 

@@ -184,7 +184,8 @@ def train(
 
     model = models.build(config.model)
 
-  data_iter, num_samples = (data_fn or make_train_data)(config, pipeline.host_batch_size(t.batch_size, jax.process_count()))
+  host_batch = pipeline.host_batch_size(t.batch_size, jax.process_count())
+  data_iter, num_samples = (data_fn or make_train_data)(config, host_batch)
   updates_per_epoch = optim.steps_per_epoch(config, num_samples)
   accum = int(t.grad_accum_steps)
   steps_per_epoch = round(updates_per_epoch * accum)  # train_step calls: the loader's epoch
@@ -213,9 +214,9 @@ def train(
           batch_stats=jax.device_put(variables['batch_stats'], shardings.batch_stats))
     if log_lib.is_chief():
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  log.info('%d parameters, global batch %d (x%d accumulation), %d steps/epoch, %d steps, %d devices in %d '
-           'process(es)', state_lib.param_count(state.params), t.batch_size, accum, steps_per_epoch,
-           total_steps, mesh.size, jax.process_count())
+  log.info('%d parameters, global batch %d (x%d accumulation), %d steps/epoch, %d steps, '
+           '%d devices in %d process(es)', state_lib.param_count(state.params), t.batch_size,
+           accum, steps_per_epoch, total_steps, mesh.size, jax.process_count())
 
   writer = log_lib.MetricWriter(workdir / 'tensorboard')
   train_log = log_lib.TrainLog(workdir / TRAIN_LOG, start)

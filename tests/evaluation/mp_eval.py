@@ -31,7 +31,8 @@ def _config_and_variables(kind):
 
   coco = [f'dataset.test_annotations={COCO / "test_coco.json"}', f'dataset.test_images={COCO}']
   if kind == 'bottom_up':
-    config = config_lib.load_config(REPO / 'configs' / 'tiny.py', coco + ['test.batch_size=1', 'test.refine=False'])
+    config = config_lib.load_config(REPO / 'configs' / 'tiny.py',
+                                    coco + ['test.batch_size=1', 'test.refine=False'])
     fixtures = SHARED / 'fixtures' / 'official'
   elif kind == 'top_down':
     config = config_lib.load_config(REPO / 'configs' / 'coco' / 'hrnet_tiny.py',

@@ -89,7 +89,8 @@ def _run(workdir, steps, **kw):
 
 def _log(workdir):
   """train_log.jsonl without the wall-clock field, by step."""
-  rows = [json.loads(line) for line in (pathlib.Path(workdir) / 'train_log.jsonl').read_text().splitlines()]
+  lines = (pathlib.Path(workdir) / 'train_log.jsonl').read_text().splitlines()
+  rows = [json.loads(line) for line in lines]
   return {r['step']: {k: v for k, v in r.items() if k != 'images_per_s'} for r in rows}
 
 
