@@ -37,7 +37,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 import torch_reference  # noqa: E402
-from higherhrnet_jax import config as config_lib, models  # noqa: E402
+from higherhrnet_jax import apps, config as config_lib, models  # noqa: E402
 from higherhrnet_jax.training import state as state_lib  # noqa: E402
 
 CONFIG = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
@@ -149,10 +149,14 @@ def main(argv=None) -> dict:
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
   p.add_argument('--skip-check', action='store_true')
+  p.add_argument('--compilation-cache-dir', default='none',
+                 help="XLA's persistent cache ('none': off, the default, so compile times are "
+                 'cold; a directory: warm on a second run)')
   p.add_argument('--json', action='store_true', help='print one JSON object last')
   p.add_argument('--out', default='')
   a = p.parse_args(argv)
   torch.set_num_threads(a.threads)
+  apps.enable_compilation_cache(a.compilation_cache_dir)
   if not a.skip_check:
     errors = torch_reference.check()
     assert all(v < 1e-5 for v in errors.values()), errors
