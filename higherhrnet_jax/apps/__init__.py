@@ -33,9 +33,9 @@ _CACHE = flags.DEFINE_string(
     "higherhrnet_jax/xla; 'none': off.")
 
 
-def initialize_distributed() -> None:
-  """Joins the job described by the flags or the cluster and turns on the compilation
-  cache; before any JAX computation."""
+def initialize_runtime() -> None:
+  """Before any JAX computation: joins the job described by the flags or the cluster, and
+  turns on the persistent compilation cache."""
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          cpu_devices=_CPU_DEVICES.value, heartbeat_timeout_s=_HEARTBEAT.value)
   enable_compilation_cache(_CACHE.value)

@@ -34,7 +34,7 @@ _RENDER = flags.DEFINE_integer('render', 8, 'Pictures with drawn predictions to 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  apps.initialize_distributed()  # before any JAX computation
+  apps.initialize_runtime()  # before any JAX computation
   cli.run_eval(config_lib.validate(_CONFIG.value), _CHECKPOINT.value, _OUTPUT.value,
                max_images=_MAX_IMAGES.value, batch_size=_BATCH.value, render=_RENDER.value)
 

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # checkpointing libraries log every save at INFO
-  apps.initialize_distributed()  # before any JAX computation
+  apps.initialize_runtime()  # before any JAX computation
   config = config_lib.validate(_CONFIG.value)
   cli.run_train(config, _WORKDIR.value)
 

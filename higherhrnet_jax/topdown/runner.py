@@ -127,15 +127,13 @@ def evaluate(predictor: TopDownPredictor, config: Any, *,
       if len(pending_idx) >= predictor.batch_size:
         flush()
     flush()
-    # float32 joints survive the exchange exactly (as float64 JSON numbers).
     preds = np.concatenate(joints) if joints else np.zeros((0, spec.num_joints, 3), np.float32)
-    return {'idx': done_idx, 'preds': preds.tolist(), 'skipped': skipped,
+    return {'idx': np.asarray(done_idx, np.int64), 'preds': preds, 'skipped': skipped,
             'crop_s': t_crop, 'network_s': t_net}
 
   parts = distributed.gather(predict_my_part)
-  idx = np.asarray([i for p in parts for i in p['idx']], np.int64)
-  preds = np.asarray([j for p in parts for j in p['preds']], np.float32).reshape(
-      -1, spec.num_joints, 3)
+  idx = np.concatenate([p['idx'] for p in parts])
+  preds = np.concatenate([p['preds'] for p in parts])
   skipped = [m for p in parts for m in p['skipped']]
   t_crop, t_net = sum(p['crop_s'] for p in parts), sum(p['network_s'] for p in parts)
   boxes = evaluation.crop_boxes(centers[idx], scales[idx], scores[idx])
@@ -205,13 +203,13 @@ def evaluate_mpii(predictor: TopDownPredictor, config: Any, *,
         _log.warning('skipping unreadable image: %s', e)
         continue
       crops = crop_boxes(image, centers[idx], scales[idx], predictor.spec)
-      done.append((idx, predictor.predict_crops(crops, centers[idx], scales[idx]).tolist()))
+      done.append((idx, predictor.predict_crops(crops, centers[idx], scales[idx])))
     return {'done': done, 'skipped': skipped}
 
   parts = distributed.gather(predict_my_part)
   for part in parts:
     for idx, joints in part['done']:
-      preds[idx] = np.asarray(joints, np.float32)
+      preds[idx] = joints
   skipped = [m for p in parts for m in p['skipped']]
   result = mpii.pckh(preds, gt)
   metrics: dict[str, Any] = dict(result.values)
