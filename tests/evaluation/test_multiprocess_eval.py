@@ -10,27 +10,22 @@ down, in crop batches padded to one shape, so the records are compared exactly.
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import jobs  # tests/jobs.py
+
 HERE = pathlib.Path(__file__).parent
 REPO = HERE.parent.parent
 TIMES = ('wall_s', 'network_ms', 'aggregation_ms', 'grouping_ms', 'crop_ms')
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _evaluate(kind, out, processes):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
-  port = _free_port()
+  port = jobs.free_port()
   procs = [subprocess.Popen([sys.executable, str(HERE / 'mp_eval.py'), kind, str(out), str(i),
                              str(processes), str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(processes)]

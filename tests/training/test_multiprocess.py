@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+import jobs  # tests/jobs.py
 from higherhrnet_jax.training import checkpoint
 
 HERE = pathlib.Path(__file__).parent
@@ -31,12 +31,6 @@ _CLI_FLAGS = ('--config.data.source=synthetic', '--config.train.batch_size=8',
                '--config.train.eval_every_epochs=-1')
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _launch(workdir, steps, *, processes, devices, extra=(), cli=False, heartbeat_s=None):
   """Starts one job: `processes` OS processes, each with `devices` CPU devices.
 
@@ -45,7 +39,7 @@ def _launch(workdir, steps, *, processes, devices, extra=(), cli=False, heartbea
   """
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
   env.pop('NPROC', None)
-  port = _free_port()
+  port = jobs.free_port()
   procs = []
   for i in range(processes):
     if cli:
