@@ -13,9 +13,7 @@ import pathlib
 import sys
 import time
 
-import jax
-
-from higherhrnet_jax import weights
+from higherhrnet_jax import distributed, weights
 from higherhrnet_jax.data import synthetic
 from higherhrnet_jax.evaluation import runner
 from higherhrnet_jax.training import loop
@@ -33,7 +31,7 @@ def run_eval(config, checkpoint: str, output: str, *, max_images: int = 0, batch
   predictor = runner.make_predictor(config, weights.load(checkpoint, config.model))
   metrics = runner.evaluate_any(predictor, config, out_dir=output, max_images=max_images,
                                 batch_size=batch_size, render=render, progress=sys.stderr.isatty())
-  if jax.process_index() == 0:
+  if distributed.is_chief():
     print(metrics.get('summary', ''))
     print(runner.format_table(metrics))
     print(f'results and metrics written to {output}')
@@ -61,7 +59,7 @@ def run_train(config, workdir: str | pathlib.Path) -> dict | None:
     return None
   metrics = {k: v for k, v in evaluator.last.items() if k != 'summary'}
   metrics['wall_s'] = time.perf_counter() - t0
-  if jax.process_index() == 0:
+  if distributed.is_chief():
     (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
     print(runner.format_table(metrics))
     print(f'metrics: {workdir / "metrics.json"}; pictures: {workdir / "eval"}; '
