@@ -130,7 +130,7 @@ def main(argv=None) -> None:
   loader = time_loader(config, args.workers, args.batches) if args.workers else None
 
   result = dict(
-      input_size=config.data.input_size, output_size=list(config.data.output_size),
+      input_size=config.data.input_size, output_size=list(sc.output_size),
       images=len(source), samples=args.samples, batch_size=batch,
       stage_ms={k: round(v * 1e3, 3) for k, v in stages.items()},
       sample_ms=round(per_sample_stages * 1e3, 3),
@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     print(f'{k:<12}{v * 1e3:>10.2f}{v / per_sample_stages:>8.0%}')
   print(f'{"sum":<12}{per_sample_stages * 1e3:>10.2f}')
   print(f'batch path: {batch_s * 1e3:.2f} ms/sample -> {1 / batch_s:.1f} samples/s per core '
-        f'(512 input, targets at {config.data.output_size})')
+        f'(512 input, targets at {sc.output_size})')
   if loader is not None:
     print(f'grain loader, {args.workers} workers: {loader:.1f} samples/s')
   if args.json:

@@ -40,8 +40,7 @@ def child(name: str, batch: int, size: int, steps: int, dtype: str) -> dict:
   from higherhrnet_jax.training import optim, sharding, state as state_lib, step as step_lib
 
   config = config_lib.load_config(REPO / CONFIGS[name], [
-      f'data.input_size={size}', f'data.output_size=({size // 4},{size // 2})',
-      f'train.batch_size={batch}', f'model.dtype={dtype}'])
+      f'data.input_size={size}', f'train.batch_size={batch}', f'model.dtype={dtype}'])
   model = models.build(config.model)
   mesh = sharding.make_mesh()
   tx, schedule = optim.make_optimizer(config, 1000)

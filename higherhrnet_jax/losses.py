@@ -123,8 +123,9 @@ def stage_losses(
   lc = config.loss
   k = config.model.num_joints
   with_ae = tuple(config.model.with_ae_loss)
-  if len(outputs) != lc.num_stages:
-    raise ValueError(f'stage_losses: {len(outputs)} outputs but config.loss.num_stages={lc.num_stages}')
+  if len(outputs) != len(lc.with_heatmaps_loss):
+    raise ValueError(f'stage_losses: {len(outputs)} outputs but config.loss has '
+                     f'{len(lc.with_heatmaps_loss)} stages')
   terms = {}
   for s, out in enumerate(outputs):
     out = out.astype(jnp.promote_types(out.dtype, jnp.float32))

@@ -14,7 +14,7 @@ def test_every_config_loads_and_validates(path):
   c = cfg.load_config(path)
   assert c.model.num_joints == keypoints.spec_from_config(c.dataset.keypoints).num_joints
   if c.model.name == 'higher_hrnet':
-    assert c.data.output_size[1] == 2 * c.data.output_size[0]
+    assert cfg.higher_hrnet.output_sizes(c) == (c.data.input_size // 4, c.data.input_size // 2)
   else:
     assert c.model.name == 'pose_hrnet' and all(s % 32 == 0 for s in c.data.input_size)
 
@@ -23,7 +23,8 @@ def test_official_values_of_w32_512():
   c = cfg.load_config('configs/coco/higherhrnet_w32_512.py')
   assert c.model.stage4.num_channels == (32, 64, 128, 256)
   assert c.model.stage3.num_modules == 4 and c.model.stage4.num_modules == 3
-  assert c.data.output_size == (128, 256) and c.data.max_num_people == 30
+  assert cfg.higher_hrnet.output_sizes(c) == (128, 256) and c.data.max_num_people == 30
+  assert cfg.higher_hrnet.num_stages(c) == 2
   assert c.train.lr == 1e-3 and c.train.lr_step == (200, 260) and c.train.end_epoch == 300
   assert c.loss.push_loss_factor == (0.001, 0.001) and c.model.with_ae_loss == (True, False)
   assert c.test.nms_kernel == 5 and c.test.detection_threshold == 0.1

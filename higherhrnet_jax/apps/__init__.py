@@ -64,7 +64,7 @@ def run(main: Callable[[list[str]], None], module: str, required: Sequence[str])
     for flag in flags.FLAGS.get_flags_for_module(name):
       flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
   flags.mark_flags_as_required(list(required))
-  app.run(main)
+  app.run(main, flags_parser=_parse_app_flags)
 
 
 def parse_tool_flags(argv: Sequence[str], prog: str,
@@ -92,6 +92,32 @@ def parse_tool_flags(argv: Sequence[str], prog: str,
     fv([prog, *argv])
   except flags.Error as e:
     raise SystemExit(f'{prog}: {e}') from None
+  except (AttributeError, KeyError) as e:
+    raise SystemExit(_unknown_field_message(prog, e)) from None
   if fv['config'].value is None:
     raise SystemExit(f'{prog}: --config is required')
   return fv
+
+
+def _parse_app_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with an override of a config field that does not exist reported as such."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.',
+          file=sys.stderr)
+    raise SystemExit(1) from None
+  except (AttributeError, KeyError) as e:
+    raise SystemExit(_unknown_field_message(argv[0], e)) from None
+
+
+def _unknown_field_message(prog: str, error: BaseException) -> str:
+  # ml_collections raises AttributeError(KeyError("'name'\nDid you mean ...")) for a field
+  # that is not in the config; overrides never add fields.
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+  name, _, hint = text.partition('\n')
+  name = name.strip('\'"')
+  return f'{prog}: a --config override names {name!r}, which is not a config field' + (
+      f' ({hint.strip()})' if hint else '')

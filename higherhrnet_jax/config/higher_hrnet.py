@@ -5,6 +5,9 @@ merged over the official defaults) that the code uses has one home here; officia
 with no effect here (``DATA_FORMAT``, ``GAMMA1/2``, ``IMAGES_PER_GPU``, ``MODEL_FILE``,
 ``LOG_PROGRESS``) are not accepted, so setting one is an error rather than a silent no-op.
 Experiment files in ``configs/`` start from :func:`base_config` and override a few fields.
+Values that follow from others are computed, never stored: the heatmap resolutions
+(official ``DATASET.OUTPUT_SIZE``) by :func:`output_sizes` and the number of output stages
+(``LOSS.NUM_STAGES``) by :func:`num_stages`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def base_config() -> ConfigDict:
   c.model = ConfigDict(
       dict(
           name='higher_hrnet',
-          num_joints=17,
+          num_joints=keypoints.COCO.num_joints,  # models.build sees only this block
           tag_per_joint=True,
           stem_channels=64,  # stem width; STEM_INPLANES, fixed at 64 in the official model
           # layer1: Bottlenecks (official HRNet STAGE1: 4 blocks of width 64 -> 256 channels).
@@ -81,7 +84,6 @@ def base_config() -> ConfigDict:
   c.data = ConfigDict(
       dict(
           input_size=512,
-          output_size=(128, 256),
           max_num_people=30,
           sigma=2.0,
           scale_aware_sigma=False,
@@ -106,7 +108,6 @@ def base_config() -> ConfigDict:
 
   c.loss = ConfigDict(
       dict(
-          num_stages=2,
           ae_loss_type='exp',  # 'exp' | 'max'
           with_heatmaps_loss=(True, True),
           heatmaps_loss_factor=(1.0, 1.0),
@@ -162,8 +163,17 @@ def with_slim_stages(c: ConfigDict, width: int) -> ConfigDict:
 
 def with_input_size(c: ConfigDict, input_size: int) -> ConfigDict:
   c.data.input_size = input_size
-  c.data.output_size = (input_size // 4, input_size // 2)
   return c
+
+
+def num_stages(c: ConfigDict) -> int:
+  """Output stages: the backbone's 1/4 head plus one per deconv (official LOSS.NUM_STAGES)."""
+  return int(c.model.deconv.num_deconvs) + 1
+
+
+def output_sizes(c: ConfigDict) -> tuple[int, ...]:
+  """Heatmap resolution of every stage: input/4, doubled by each deconv (DATASET.OUTPUT_SIZE)."""
+  return tuple(int(c.data.input_size) // 4 * 2**s for s in range(num_stages(c)))
 
 
 def crowdpose(c: ConfigDict) -> ConfigDict:
@@ -173,7 +183,7 @@ def crowdpose(c: ConfigDict) -> ConfigDict:
   c.dataset.train_split = 'trainval'
   c.dataset.test_split = 'test'
   c.dataset.keypoints = keypoints.CROWDPOSE.to_config()
-  c.model.num_joints = 14
+  c.model.num_joints = keypoints.CROWDPOSE.num_joints
   return c
 
 
@@ -185,16 +195,13 @@ def validate(c: ConfigDict) -> None:
            'model.deconv', 'num_deconvs, num_channels, kernel_size and cat_output disagree')
   for k in d.kernel_size:
     require(k == 4, 'model.deconv.kernel_size', 'only kernel 4 (stride 2, padding 1) is supported')
-  n_out = d.num_deconvs + 1
+  n_out = num_stages(c)
   for field in ('with_ae_loss',):
     require(len(m[field]) == n_out, f'model.{field}', f'needs {n_out} entries')
   for field in ('with_heatmaps_loss', 'heatmaps_loss_factor', 'push_loss_factor', 'pull_loss_factor'):
     require(len(c.loss[field]) == n_out, f'loss.{field}', f'needs {n_out} entries')
-  require(c.loss.num_stages == n_out, 'loss.num_stages', f'must be {n_out}')
   require(c.loss.ae_loss_type in ('exp', 'max'), 'loss.ae_loss_type', "must be 'exp' or 'max'")
   require(c.data.input_size % 32 == 0, 'data.input_size', 'must be a multiple of 32')
-  expected = tuple(c.data.input_size // 4 * 2**i for i in range(n_out))
-  require(tuple(c.data.output_size) == expected, 'data.output_size', f'must be {expected}')
   require(c.data.scale_type in ('short', 'long'), 'data.scale_type', "must be 'short' or 'long'")
   require(len(c.test.scale_factor) >= 1, 'test.scale_factor', 'needs at least one scale')
   require(len(c.test.scale_factor) == 1 or 1.0 in tuple(c.test.scale_factor), 'test.scale_factor',

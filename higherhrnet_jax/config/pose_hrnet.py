@@ -40,7 +40,7 @@ def base_config() -> ConfigDict:
   ))
   c.model = ConfigDict(dict(
       name='pose_hrnet',
-      num_joints=17,
+      num_joints=keypoints.COCO.num_joints,  # models.build sees only this block
       stem_channels=64,
       stage1=stage1(),
       final_conv_kernel=1,
@@ -111,7 +111,7 @@ def mpii(c: ConfigDict) -> ConfigDict:
   c.dataset.train_split = 'train'
   c.dataset.test_split = 'valid'
   c.dataset.keypoints = keypoints.MPII.to_config()
-  c.model.num_joints = 16
+  c.model.num_joints = keypoints.MPII.num_joints
   c.data.scale_factor = 0.25
   c.data.rot_factor = 30.0
   c.data.prob_half_body = -1.0  # official MPII experiments: no half-body crops

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from higherhrnet_jax.config import higher_hrnet
 from higherhrnet_jax.data import targets
 
 # The "epoch" of generated data, for the learning-rate schedule.
@@ -45,7 +46,7 @@ def synthetic_batch(
   for b in range(batch_size):
     image[b] += 2.0 * targets.heatmaps(joints_at(b, size), size, 2.0).max(axis=-1)[..., None]
   out = {'image': image}
-  for s, r in enumerate(config.data.output_size):
+  for s, r in enumerate(higher_hrnet.output_sizes(config)):
     sigma = float(config.data.sigma)
     out[f'heatmaps_{s}'] = np.stack([targets.heatmaps(joints_at(b, r), r, sigma)
                                      for b in range(batch_size)])

@@ -28,6 +28,7 @@ import numpy as np
 
 from higherhrnet_jax._numba import njit
 from higherhrnet_jax import keypoints
+from higherhrnet_jax.config import higher_hrnet
 from higherhrnet_jax.data import normalization, targets
 
 # ImageNet RGB statistics of torchvision's Normalize, as float32 like the official tensors.
@@ -78,7 +79,7 @@ class SampleConfig:
     spec = keypoints.spec_from_config(config.dataset.keypoints)
     return cls(
         input_size=int(d.input_size),
-        output_size=tuple(int(s) for s in d.output_size),
+        output_size=higher_hrnet.output_sizes(config),
         max_rotation=float(d.max_rotation),
         min_scale=float(d.min_scale),
         max_scale=float(d.max_scale),

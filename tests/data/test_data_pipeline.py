@@ -28,7 +28,7 @@ def synth_root(tmp_path_factory) -> pathlib.Path:
 
 def _config(root, batch_size=2, **data):
   c = config_lib.load_config(REPO / 'configs' / 'tiny.py', [
-      f'dataset.root={root}', 'data.input_size=64', 'data.output_size=(16, 32)',
+      f'dataset.root={root}', 'data.input_size=64',
       f'train.batch_size={batch_size}'])
   with c.unlocked():
     for k, v in data.items():
@@ -249,7 +249,7 @@ from higherhrnet_jax.data import pipeline
 def main():
   flags.FLAGS.mark_as_parsed()
   c = config_lib.load_config(sys.argv[1], [f'dataset.root={sys.argv[2]}', 'data.input_size=64',
-                                           'data.output_size=(16, 32)', 'train.batch_size=2'])
+                                           'train.batch_size=2'])
   it = pipeline.make_train_loader(c, worker_count=1, shard_index=0, shard_count=1)
   batches = [next(it) for _ in range(3)]  # held until exit, as the training loop holds its last
   it.close()

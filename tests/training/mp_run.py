@@ -28,7 +28,7 @@ def main(workdir, steps, process_id, num_processes, port, devices, *overrides):
   from higherhrnet_jax.training import loop
   import tiny_standin
   config = config_lib.load_config(os.path.join(REPO, 'configs', 'tiny.py'), [
-      'data.input_size=64', 'data.output_size=(16,32)', 'data.source=synthetic',
+      'data.input_size=64', 'data.source=synthetic',
       f'train.num_steps={steps}', 'train.batch_size=8', 'train.log_every_steps=1',
       'train.checkpoint_every_steps=3', 'train.eval_every_epochs=-1', 'train.lr=0.01',
       *overrides])

@@ -32,7 +32,7 @@ def main(workdir, loss_file, steps, model_name):
         *common])
   else:
     config = config_lib.load_config(os.path.join(REPO, 'configs', 'tiny.py'), [
-        'data.input_size=64', 'data.output_size=(16,32)', 'data.source=synthetic', *common])
+        'data.input_size=64', 'data.source=synthetic', *common])
   model = None
   if model_name == 'standin':
     import tiny_standin

@@ -61,7 +61,7 @@ def max_rel(a, b):
 def main():
   cfg = config_lib.load_config(
       os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'tiny.py'),
-      ['data.input_size=64', 'data.output_size=(16,32)', 'train.batch_size=8',
+      ['data.input_size=64', 'train.batch_size=8',
        'train.optimizer=sgd', 'train.lr=0.1', 'train.momentum=0.0', 'train.wd=0.0'])
   batch = batches.synthetic_batch(cfg, 8, np.random.default_rng(0))
   devs = jax.devices()

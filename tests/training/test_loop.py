@@ -15,7 +15,7 @@ from higherhrnet_jax.training import checkpoint as ckpt_lib, loop
 
 def _config(repo, *overrides):
   return config_lib.load_config(repo / 'configs' / 'tiny.py', [
-      'data.input_size=64', 'data.output_size=(16,32)', 'data.source=synthetic',
+      'data.input_size=64', 'data.source=synthetic',
       'train.checkpoint_every_steps=0', 'train.log_every_steps=5', *overrides])
 
 
@@ -140,7 +140,7 @@ def test_bfloat16_tiny_model_follows_float32_loss_trajectory(repo, tmp_path):
 def test_trains_and_resumes_on_the_grain_pipeline(repo, tmp_path, coco_sample_dir):
   """The default data path (`data.pipeline.make_train_loader`) on the COCO sample images."""
   cfg = config_lib.load_config(repo / 'configs' / 'tiny.py', [
-      'data.input_size=64', 'data.output_size=(16,32)', 'data.source=numpy', 'data.num_workers=0',
+      'data.input_size=64', 'data.source=numpy', 'data.num_workers=0',
       f'dataset.train_annotations={coco_sample_dir / "test_coco.json"}',
       f'dataset.train_images={coco_sample_dir}', 'train.num_steps=2',
       'train.checkpoint_every_steps=1', 'train.log_every_steps=1'])
