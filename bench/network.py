@@ -38,7 +38,6 @@ import torch  # noqa: E402
 
 import torch_reference  # noqa: E402
 from higherhrnet_jax import apps, config as config_lib, models  # noqa: E402
-from higherhrnet_jax.training import state as state_lib  # noqa: E402
 
 CONFIG = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
 
@@ -164,8 +163,7 @@ def main(argv=None) -> dict:
   model = models.build(config.model)
   size = int(config.data.input_size)
   rng = np.random.default_rng(0)
-  variables = jax.device_get(state_lib.init_variables(model, jax.random.PRNGKey(0),
-                                                      (1, size, size, 3)))
+  variables = models.init_variables(model)
   rows = []
   for batch in [int(b) for b in a.forward_batches.split(',') if b]:
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)

@@ -7,7 +7,7 @@ This is the array-shaped body of the official test loop (`get_multi_stage_output
   dataset compiles one program per bucket instead of one per image size. The true sizes
   travel as int32 arrays (`input_hw`, `base_hw`), and every resize and flip uses them, so
   the valid region of each result equals the official result on the unpadded arrays and
-  everything outside it is 0. Crop with :func:`crop_results`.
+  everything outside it is 0 (crop to `base_hw` on the host).
 * Resizes are the official `torch.nn.functional.interpolate(mode='bilinear',
   align_corners=False)` written as gathers (`jax.image.resize` uses a different sampling
   rule and cannot take run-time sizes).
@@ -280,12 +280,6 @@ def aggregate_outputs(spec: OutputSpec, outputs: Sequence[Sequence[jax.Array]],
   return final, jnp.stack(tags_list, axis=-1)
 
 
-def crop_results(final_heatmaps, tags, base_hw) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Host side: per image `(heatmaps [h, w, K], tags [h, w, K, T])` cut to the valid base size."""
-  final_heatmaps, tags, base_hw = np.asarray(final_heatmaps), np.asarray(tags), np.asarray(base_hw)
-  return [(final_heatmaps[b, :h, :w], tags[b, :h, :w]) for b, (h, w) in enumerate(base_hw)]
-
-
 # ----------------------------------------------------------------------------- network + aggregation
 
 
@@ -321,7 +315,7 @@ def make_inference_fn(apply_fn: Callable[..., Any], spec: OutputSpec) -> Callabl
 
   `apply_fn(variables, x [B, H, W, 3] float32)` returns the list of stage outputs
   (e.g. `lambda v, x: model.apply(v, x, train=False)`). The returned function is pure and
-  jittable with `base_shape` static (see :func:`jit_inference_fn`); it compiles once per
+  jittable with `base_shape` static; under `jax.jit` it compiles once per
   bucket (set of padded input shapes).
 
   `fn` arguments: `images` a tuple (one per scale, descending) of uint8 RGB
@@ -337,7 +331,3 @@ def make_inference_fn(apply_fn: Callable[..., Any], spec: OutputSpec) -> Callabl
 
   return fn
 
-
-def jit_inference_fn(apply_fn: Callable[..., Any], spec: OutputSpec) -> Callable[..., Any]:
-  """`jax.jit` of :func:`make_inference_fn` (one compiled program per bucket)."""
-  return jax.jit(make_inference_fn(apply_fn, spec), static_argnames=('base_shape',))

@@ -162,13 +162,6 @@ class Checkpointer:
         DATA: grain.checkpoint.CheckpointRestore(position)}))
     return position.state
 
-  def restore_best(self, abstract_state: Any) -> Any | None:
-    step = self._best.best_step()
-    if step is None:
-      return None
-    return self._best.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
-
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
     self._manager.wait_until_finished()

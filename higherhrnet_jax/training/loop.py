@@ -186,7 +186,7 @@ def train(
 
   host_batch = pipeline.host_batch_size(t.batch_size, jax.process_count())
   data_iter, num_samples = (data_fn or make_train_data)(config, host_batch)
-  updates_per_epoch = optim.steps_per_epoch(config, num_samples)
+  updates_per_epoch = optim.updates_per_epoch(config, num_samples)
   accum = int(t.grad_accum_steps)
   steps_per_epoch = round(updates_per_epoch * accum)  # train_step calls: the loader's epoch
   total_steps = optim.total_updates(config, updates_per_epoch) * accum

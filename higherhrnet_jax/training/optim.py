@@ -25,7 +25,7 @@ def effective_batch_size(config: ml_collections.ConfigDict) -> int:
   return int(config.train.batch_size) * int(config.train.grad_accum_steps)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train_samples: int) -> float:
+def updates_per_epoch(config: ml_collections.ConfigDict, num_train_samples: int) -> float:
   """Optimizer updates per epoch: the loader's batches per epoch / accumulation steps.
 
   The loader drops the last partial batch (static shapes), so an epoch is
@@ -34,7 +34,7 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_train_samples: int) -
   boundaries are rounded to updates), and epochs stay aligned with the data.
   """
   if num_train_samples <= 0:
-    raise ValueError(f'steps_per_epoch: num_train_samples must be positive, got {num_train_samples}')
+    raise ValueError(f'updates_per_epoch: num_train_samples must be positive, got {num_train_samples}')
   calls = max(1, num_train_samples // int(config.train.batch_size))
   return calls / int(config.train.grad_accum_steps)
 
@@ -63,7 +63,7 @@ def learning_rate_schedule(
 
   Args:
     config: full config.
-    updates_per_epoch: optimizer updates per epoch (see `steps_per_epoch`).
+    updates_per_epoch: optimizer updates per epoch (see `updates_per_epoch`).
 
   Returns:
     A schedule of the optimizer-update count.

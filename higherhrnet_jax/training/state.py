@@ -38,7 +38,9 @@ class TrainState:
   rng: jax.Array
 
 
-def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
+def _init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
+  # Traced inside the sharded init below; `models.init_variables` is the host-side twin
+  # (numpy values, no compile) for callers that need variables without a train state.
   """`model.init` on zeros of `input_shape` ([B, H, W, 3]) in eval mode."""
   variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
@@ -77,7 +79,7 @@ def create_train_state(
     init_rng = jax.random.wrap_key_data(jnp.resize(data, (width,)), impl=init_impl)
 
   def init_fn(init_rng, state_rng):
-    variables = init_variables(model, init_rng, (1,) + tuple(input_shape[1:]))
+    variables = _init_variables(model, init_rng, (1,) + tuple(input_shape[1:]))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables['params'],

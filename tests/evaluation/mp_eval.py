@@ -24,10 +24,8 @@ COCO = SHARED / 'data' / 'coco_sample'
 
 
 def _config_and_variables(kind):
-  import jax
   from higherhrnet_jax import models, weights
   from higherhrnet_jax.config import pose_hrnet
-  from higherhrnet_jax.training import state
 
   coco = [f'dataset.test_annotations={COCO / "test_coco.json"}', f'dataset.test_images={COCO}']
   if kind == 'bottom_up':
@@ -48,8 +46,7 @@ def _config_and_variables(kind):
         f'dataset.test_annotations={annot / "valid.json"}', f'dataset.test_images={COCO}',
         'test.batch_size=4']))
     model = models.build(config.model)
-    size = tuple(config.data.input_size)
-    return config, state.init_variables(model, jax.random.PRNGKey(0), (1, *size, 3))
+    return config, models.init_variables(model)
   return config, weights.load(fixtures / 'tiny_state_dict.npz', config.model)
 
 

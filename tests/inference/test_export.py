@@ -15,6 +15,8 @@ from higherhrnet_jax.inference import export as E
 from higherhrnet_jax.inference import outputs as O
 from higherhrnet_jax.inference import transforms as T
 
+import composed  # tests/inference/composed.py
+
 
 class StandIn(nn.Module):
   """A small two-stage network with the HigherHRNet output layout (1/4: 2K, 1/2: K)."""
@@ -59,7 +61,7 @@ def test_export_roundtrip_symbolic_batch(tmp_path, embed, scales, sizes):
   loaded = E.load(path)
   bundle = E.load_bundle(E.save_bundle(tmp_path / 'bundle', exported,
                                        None if embed else variables))
-  live = O.jit_inference_fn(apply_fn, spec)
+  live = composed.jit_inference(apply_fn, spec)
   for n in sizes:
     b = batch3 if n == 3 else {**batch3, 'images': tuple(i[:1] for i in batch3['images']),
                                 'input_hw': tuple(h[:1] for h in batch3['input_hw']),
@@ -116,6 +118,6 @@ def test_export_real_tiny_model(tmp_path):
   loaded = E.load(E.save(exported, tmp_path / 'tiny.jaxexport'))
   args = (batch['images'], batch['input_hw'], batch['base_hw'])
   got = loaded.call(variables, *args)
-  want = O.jit_inference_fn(apply_fn, spec)(variables, *args, base_shape=batch['base_shape'])
+  want = composed.jit_inference(apply_fn, spec)(variables, *args, base_shape=batch['base_shape'])
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=1e-5)

@@ -21,6 +21,8 @@ from higherhrnet_jax.evaluation import coco as C
 from higherhrnet_jax.inference import outputs as O
 from higherhrnet_jax.inference import transforms as T
 
+import composed  # tests/inference/composed.py
+
 
 # The official flip test mirrors the pixel array (x -> w - 1 - x) and mirrors the outputs
 # back the same way, while a network trained on truncated targets peaks half a pixel
@@ -73,7 +75,7 @@ def test_perfect_outputs_give_high_ap(coco_sample_dir, scales, flip, bias_x):
                           jnp.asarray(batch['base_hw']), batch['base_shape'])
 
   all_poses, all_scores = [], []
-  for t, (hm, tg) in zip(prepared, O.crop_results(final, tags, batch['base_hw'])):
+  for t, (hm, tg) in zip(prepared, composed.crop(final, tags, batch['base_hw'])):
     poses, scores = grouping.parse(np.ascontiguousarray(hm), np.ascontiguousarray(tg),
                                    grouping.GroupingSpec.from_config(config))
     all_poses.append(T.get_final_preds(poses, t.center, t.scale, t.base_size))

@@ -18,6 +18,8 @@ from higherhrnet_jax.data import normalization
 from higherhrnet_jax.inference import outputs as O
 from higherhrnet_jax.inference import transforms as T
 
+import composed  # tests/inference/composed.py
+
 TOL = 1e-6
 
 
@@ -95,7 +97,7 @@ def test_padded_bucket_equals_unpadded(fixtures_dir):
   final, tags = _jit_aggregate()(_spec(factors), outs_p, flips_p, hw, shapes_p,
                                  jnp.array([base], jnp.int32), base_p)
   assert final.shape[1:3] == base_p
-  [(f_crop, t_crop)] = O.crop_results(final, tags, np.array([base]))
+  [(f_crop, t_crop)] = composed.crop(final, tags, np.array([base]))
   assert np.abs(f_crop - _nhwc(d['ms2_final_heatmaps'])[0]).max() <= TOL
   assert np.abs(t_crop - np.transpose(d['ms2_tags'], (0, 2, 3, 1, 4))[0]).max() <= TOL
   assert not np.asarray(final)[0, base[0]:].any() and not np.asarray(tags)[0, :, base[1]:].any()
@@ -178,7 +180,7 @@ def test_inference_fn_bucketed_batch_equals_single_images(fixtures_dir):
   variables = {'w0': jnp.asarray(rng.normal(size=(3, 34)), jnp.float32),
                'w1': jnp.asarray(rng.normal(size=(3, 17)), jnp.float32)}
   spec = _spec((1.0, 0.5))
-  fn = O.jit_inference_fn(_pointwise_net, spec)
+  fn = composed.jit_inference(_pointwise_net, spec)
   # Small images keep this fast: downscale two fixture images (one landscape, one portrait).
   images = [d['img1'][::4, ::4], np.ascontiguousarray(d['img3'][::4, ::4].transpose(1, 0, 2))]
   inputs = [T.prepare_test_input(im, 128, spec.scale_factors) for im in images]
@@ -186,7 +188,7 @@ def test_inference_fn_bucketed_batch_equals_single_images(fixtures_dir):
   final, tags = fn(variables, batch['images'], batch['input_hw'], batch['base_hw'],
                    base_shape=batch['base_shape'])
   assert tags.shape[-1] == 2
-  cropped = O.crop_results(final, tags, batch['base_hw'])
+  cropped = composed.crop(final, tags, batch['base_hw'])
   for t, (hm, tg) in zip(inputs, cropped):
     single = T.bucket_batch([t], multiple=64)
     assert single['base_shape'] == hm.shape[:2]

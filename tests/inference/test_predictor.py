@@ -16,8 +16,10 @@ from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import convert
 from higherhrnet_jax.data.coco import decode_image
 from higherhrnet_jax.evaluation import runner
-from higherhrnet_jax.inference import grouping, outputs, transforms
+from higherhrnet_jax.inference import grouping, transforms
 from higherhrnet_jax.inference.predictor import Predictor
+
+import composed  # tests/inference/composed.py
 
 
 @pytest.fixture(scope='module')
@@ -37,11 +39,11 @@ def test_predictor_equals_the_reference_composition(setup):
   # Reference: the jitted network + aggregation of `outputs`, then `grouping.parse` on the
   # unpadded maps and the official map back to the image.
   model = predictor.model
-  fn = outputs.jit_inference_fn(lambda v, x: model.apply(v, x, train=False), predictor.spec)
+  fn = composed.jit_inference(lambda v, x: model.apply(v, x, train=False), predictor.spec)
   prep = transforms.prepare_test_input(image, config.data.input_size, config.test.scale_factor)
   b = transforms.bucket_batch([prep])
   final, tags = fn(variables, b['images'], b['input_hw'], b['base_hw'], base_shape=b['base_shape'])
-  (hm, tg), = outputs.crop_results(final, tags, b['base_hw'])
+  (hm, tg), = composed.crop(final, tags, b['base_hw'])
   poses, scores = grouping.parse(hm, tg, grouping.GroupingSpec.from_config(config))
   poses = transforms.get_final_preds(poses, prep.center, prep.scale, prep.base_size)
   assert len(scores) > 0, 'the fixture weights should give detections'

@@ -66,11 +66,13 @@ def test_best_checkpoint_by_ap(tmp_path):
     ck.save_best(step, _state(step), None, {'AP': ap, 'AR': 0.0})
   ck.wait()
   assert ck.best_step() == 20
-  best = ck.restore_best(_abstract(_state(0)))
-  np.testing.assert_array_equal(best.params['w'], np.full((4, 3), 20.0))
   with pytest.raises(KeyError, match='AP'):
     ck.save_best(40, _state(40), None, {'AR': 1.0})
   ck.close()
+  # Evaluation and export read the best one, not the newest (30).
+  best = ckpt_lib.restore_variables(tmp_path)
+  np.testing.assert_array_equal(best['params']['w'], np.full((4, 3), 20.0))
+  np.testing.assert_array_equal(best['batch_stats']['mean'], np.full((3,), -20.0))
 
 
 def test_damaged_latest_falls_back_to_previous_with_warning(tmp_path, caplog):

@@ -17,7 +17,7 @@ def _cfg(**train):
 
 def test_official_step_decay_at_epochs_200_260():
   c = _cfg()
-  spe = optim.steps_per_epoch(c, 1000 * 96 + 50)  # partial last batch dropped
+  spe = optim.updates_per_epoch(c, 1000 * 96 + 50)  # partial last batch dropped
   assert spe == 1000
   sched = optim.learning_rate_schedule(c, spe)
   lrs = [float(sched(e * spe + d)) for e, d in ((0, 0), (199, 999), (200, 0), (259, 999), (260, 0))]
@@ -29,7 +29,7 @@ def test_linear_lr_scaling_and_accumulation_define_effective_batch():
   c = _cfg(batch_size=48, grad_accum_steps=4, scale_lr_with_batch=True)
   assert optim.effective_batch_size(c) == 192
   assert optim.base_learning_rate(c) == pytest.approx(2e-3)
-  assert optim.steps_per_epoch(c, 1920) == 10
+  assert optim.updates_per_epoch(c, 1920) == 10
   c.train.scale_lr_with_batch = False
   assert optim.base_learning_rate(c) == pytest.approx(1e-3)
 
@@ -38,7 +38,7 @@ def test_accumulation_keeps_epochs_aligned_with_the_data():
   """5 batches per epoch, 2 per update: 2.5 updates an epoch, not 2 (which would put the
   trainer's epoch 1 at the loader's 4th batch and drift further each epoch)."""
   c = _cfg(batch_size=2, grad_accum_steps=2, end_epoch=3, lr_step=(2,))
-  upe = optim.steps_per_epoch(c, 11)
+  upe = optim.updates_per_epoch(c, 11)
   assert upe == 2.5 and round(upe * 2) == 5  # the loader's 11 // 2 batches
   assert optim.total_updates(c, upe) == 7  # 3 epochs = 15 batches: 7 whole updates
   sched = optim.learning_rate_schedule(c, upe)
