@@ -5,11 +5,8 @@ Train: python train.py --config=configs/coco/higherhrnet_w32_640.py --workdir=ru
 Eval:  python eval.py --config=configs/coco/higherhrnet_w32_640.py \
          --checkpoint=pose_higher_hrnet_w32_640.pth --config.dataset.root=data/coco
 
-Global batch size: train.batch_size (all hosts and devices together). The official runs
-used 8 GPUs x IMAGES_PER_GPU; the value below is that product. LR: Adam 1e-3 at that
-global batch, x0.1 at epochs 200 and 260, 300 epochs; when changing the batch, keep
-train.lr or set train.scale_lr_with_batch=True for the linear rule
-lr * batch_size / reference_batch_size.
+The official recipe (global batch = 8 GPUs x IMAGES_PER_GPU, Adam 1e-3, x0.1 at epochs 200
+and 260, 300 epochs); batch and LR scaling: `higherhrnet_jax.config.base_config`.
 """
 
 from higherhrnet_jax import config as cfg

@@ -5,9 +5,9 @@ Train: python train.py --config=configs/crowdpose/higherhrnet_w32_640.py --workd
 Eval:  python eval.py --config=configs/crowdpose/higherhrnet_w32_640.py --checkpoint=<ckpt> \
          --config.dataset.root=data/crowd_pose
 
-Global batch size: train.batch_size = 8 GPUs x IMAGES_PER_GPU of the official file.
-LR: Adam 1e-3, x0.1 at epochs 200 and 260, 300 epochs (linear scaling optional, see
-train.scale_lr_with_batch). Trained on trainval, evaluated on test.
+The official recipe (global batch = 8 GPUs x IMAGES_PER_GPU, Adam 1e-3, x0.1 at epochs 200
+and 260, 300 epochs); batch and LR scaling: `higherhrnet_jax.config.base_config`.
+Trained on trainval, evaluated on test.
 """
 
 from higherhrnet_jax import config as cfg

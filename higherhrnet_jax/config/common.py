@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from higherhrnet_jax import keypoints
+
 ConfigDict = ml_collections.ConfigDict
 
 
@@ -16,6 +18,25 @@ class ConfigError(ValueError):
 def require(cond: bool, field: str, message: str) -> None:
   if not cond:
     raise ConfigError(f'config.{field}: {message}')
+
+
+def dataset_block(name: str = 'coco', root: str = 'data/coco', train_split: str = 'train2017',
+                  test_split: str = 'val2017',
+                  keypoint_spec: keypoints.KeypointSpec = keypoints.COCO, **extra) -> ConfigDict:
+  """The `dataset` block of both families: where the split files are and whose keypoints."""
+  return ConfigDict(dict(
+      name=name,
+      root=root,
+      train_split=train_split,
+      test_split=test_split,
+      # Optional explicit paths (override the official layout under `root`).
+      train_annotations='',
+      train_images='',
+      test_annotations='',
+      test_images='',
+      keypoints=keypoint_spec.to_config(),
+      **extra,
+  ))
 
 
 def stage(num_modules: int, num_blocks: Sequence[int], num_channels: Sequence[int]) -> ConfigDict:

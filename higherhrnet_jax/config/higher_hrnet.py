@@ -15,7 +15,8 @@ from __future__ import annotations
 import ml_collections
 
 from higherhrnet_jax import keypoints
-from higherhrnet_jax.config.common import hrnet_stages, require, stage1, train_block, with_slim_backbone
+from higherhrnet_jax.config.common import (dataset_block, hrnet_stages, require, stage1,
+                                           train_block, with_slim_backbone)
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -31,24 +32,11 @@ def base_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0
 
-  c.dataset = ConfigDict(
-      dict(
-          name='coco',  # 'coco' | 'crowdpose' (source reader and evaluator)
-          root='data/coco',
-          train_split='train2017',
-          test_split='val2017',
-          # Optional explicit paths (override the official layout under `root`).
-          train_annotations='',
-          train_images='',
-          test_annotations='',
-          test_images='',
-          keypoints=keypoints.COCO.to_config(),
-          # Generated scenes (`data/synthetic.py`): with num_train > 0, train.py writes
-          # them (COCO layout) under `root`, or under <workdir>/data if root is '', unless
-          # they are already there.
-          synthetic=ConfigDict(dict(num_train=0, num_val=0, image_size=128, seed=0)),
-      )
-  )
+  # dataset.name: 'coco' | 'crowdpose' (source reader and evaluator). Generated scenes
+  # (`data/synthetic.py`): with num_train > 0, train.py writes them (COCO layout) under
+  # `root`, or under <workdir>/data if root is '', unless they are already there.
+  c.dataset = dataset_block(
+      synthetic=ConfigDict(dict(num_train=0, num_val=0, image_size=128, seed=0)))
 
   c.model = ConfigDict(
       dict(

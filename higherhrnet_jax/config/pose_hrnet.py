@@ -10,7 +10,8 @@ from __future__ import annotations
 import ml_collections
 
 from higherhrnet_jax import keypoints
-from higherhrnet_jax.config.common import hrnet_stages, require, stage1, train_block, with_slim_backbone
+from higherhrnet_jax.config.common import (dataset_block, hrnet_stages, require, stage1,
+                                           train_block, with_slim_backbone)
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -26,18 +27,7 @@ def base_config() -> ConfigDict:
   """
   c = ConfigDict()
   c.seed = 0
-  c.dataset = ConfigDict(dict(
-      name='coco',  # 'coco' | 'mpii' (source reader and evaluator)
-      root='data/coco',
-      train_split='train2017',
-      test_split='val2017',
-      # Optional explicit paths (override the official layout under `root`).
-      train_annotations='',
-      train_images='',
-      test_annotations='',
-      test_images='',
-      keypoints=keypoints.COCO.to_config(),
-  ))
+  c.dataset = dataset_block()  # name: 'coco' | 'mpii' (source reader and evaluator)
   c.model = ConfigDict(dict(
       name='pose_hrnet',
       num_joints=keypoints.COCO.num_joints,  # models.build sees only this block
