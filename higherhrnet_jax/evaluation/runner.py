@@ -117,7 +117,7 @@ def evaluate(predictor: Predictor, config, *, source: pipeline.ExampleSource | N
     return {'ids': ids, 'records': records, 'skipped': skipped,
             'num_people': int(sum(len(s) for s in scores)),
             'seconds': {k: predictor.timings[k] - before[k]
-                        for k in ('network', 'aggregation', 'grouping')}}
+                        for k in ('network', 'aggregation', 'grouping', 'compile')}}
 
   parts = distributed.gather(predict_my_part)
   ids = [i for p in parts for i in p['ids']]
@@ -136,6 +136,8 @@ def evaluate(predictor: Predictor, config, *, source: pipeline.ExampleSource | N
       'network_ms': 1e3 * seconds('network') / n,
       'aggregation_ms': 1e3 * seconds('aggregation') / n,
       'grouping_ms': 1e3 * seconds('grouping') / n,
+      # One-off: XLA per new shape bucket, numba's host kernels (or their cache loads).
+      'compile_s': max(p['seconds']['compile'] for p in parts),
       'wall_s': time.perf_counter() - t_start,
   })
   if out_dir is not None and distributed.is_chief():
@@ -211,4 +213,7 @@ def format_table(metrics: dict[str, Any]) -> str:
   stages = [k[:-3] for k in ('crop_ms', 'network_ms', 'aggregation_ms', 'grouping_ms') if k in metrics]
   times = ('per image: ' + ', '.join(f'{k} {metrics[k + "_ms"]:.1f} ms' for k in stages)
            + f"; {metrics['num_images']} images, {metrics['num_skipped_images']} skipped")
+  if 'compile_s' in metrics:
+    times += f"; compilation {metrics['compile_s']:.1f} s apart"
+
   return f'{head}\n{vals}\n{times}'

@@ -10,7 +10,9 @@
    several times); on accelerators they run on the device.
 
 Images are padded to shape buckets (`test.shape_bucket`), so a dataset compiles a handful
-of programs. JAX dispatch is asynchronous: `Predictor.dispatch` returns at once, so a
+of programs. Compilation (XLA's for each new bucket, numba's for the host kernels) is done
+ahead of the first use and timed on its own (`timings['compile']`), so the per-stage times
+are the work's own. JAX dispatch is asynchronous: `Predictor.dispatch` returns at once, so a
 caller can group batch n on the host while the device runs batch n + 1
 (:func:`Predictor.predict_many` does exactly that).
 """
@@ -89,7 +91,9 @@ class Predictor:
     if float(t.detection_threshold) <= 0:
       # Padded maps hold zeros that would then compete with real candidates.
       raise ValueError('test.detection_threshold: must be > 0 for padded batches')
-    self.timings = {'network': 0.0, 'aggregation': 0.0, 'grouping': 0.0, 'images': 0}
+    self.timings = {'network': 0.0, 'aggregation': 0.0, 'grouping': 0.0, 'compile': 0.0,
+                    'images': 0}
+    self._compiled: set[str] = set()
 
   def set_variables(self, variables) -> None:
     """Swaps in new weights of the same model (no recompilation)."""
@@ -120,6 +124,7 @@ class Predictor:
     images = tuple(put(a) for a in bucket['images'])
     input_hw = tuple(put(a) for a in bucket['input_hw'])
     base_hw = put(bucket['base_hw'])
+    self._compile('network', self.network, self.variables, images, input_hw)
     t0 = time.perf_counter()
     outs, flips = self.network(self.variables, images, input_hw)
     if profile:
@@ -128,13 +133,47 @@ class Predictor:
       self.timings['network'] += t1 - t0
       t0 = t1
     shapes = tuple(tuple(int(v) for v in a.shape[1:3]) for a in bucket['images'])
-    final, tags = self._aggregate(outs, flips, input_hw, input_shapes=shapes, base_hw=base_hw,
-                                  base_shape=bucket['base_shape'])
-    top_k = self._top_k(final, tags) if self._device_top_k else None
+    aggregate_args = dict(input_shapes=shapes, base_hw=base_hw, base_shape=bucket['base_shape'])
+    if self._compile('aggregation', self._aggregate, outs, flips, input_hw, **aggregate_args):
+      t0 = time.perf_counter()
+    final, tags = self._aggregate(outs, flips, input_hw, **aggregate_args)
+    top_k = None
+    if self._device_top_k:
+      if profile:
+        jax.block_until_ready((final, tags))
+        self.timings['aggregation'] += time.perf_counter() - t0
+      self._compile('top_k', self._top_k, final, tags)
+      t0 = time.perf_counter()
+      top_k = self._top_k(final, tags)
     if profile:
       jax.block_until_ready((final, tags, top_k))
       self.timings['aggregation'] += time.perf_counter() - t0
     return _InFlight(inputs, final, tags, top_k, bucket['base_hw'][:n], time.perf_counter())
+
+  def _compile(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+    """Compiles jitted `fn` for these arguments' shapes once, timed apart; True if it did.
+
+    The jitted call that follows reuses the compiled program (jit and `lower().compile()`
+    share JAX's caches).
+    """
+    signature = jax.tree.map(lambda a: (a.shape, str(a.dtype)) if hasattr(a, 'shape') else a,
+                             (args, kwargs))
+    key = f'{name}{signature}'
+    if key in self._compiled:
+      return False
+    t0 = time.perf_counter()
+    fn.lower(*args, **kwargs).compile()
+    self.timings['compile'] += time.perf_counter() - t0
+    self._compiled.add(key)
+    return True
+
+  def _warm_up_grouping(self, writeable: bool, top_k: bool, num_tags: int) -> None:
+    key = f'grouping(writeable={writeable}, top_k={top_k})'
+    if key not in self._compiled:
+      t0 = time.perf_counter()
+      grouping.warm_up(self.grouping, num_tags, top_k=top_k, writeable_maps=writeable)
+      self.timings['compile'] += time.perf_counter() - t0
+      self._compiled.add(key)
 
   def collect(self, flight: _InFlight, adjust: bool | None = None,
               refine: bool | None = None) -> list[Prediction]:
@@ -146,10 +185,15 @@ class Predictor:
     tags = np.asarray(flight.tags)[:n]
     if flight.top_k is not None:
       val_k, loc_k, tag_k = (np.asarray(a)[:n] for a in flight.top_k)
-    t0 = time.perf_counter()
     results = []
+    seconds = 0.0
     for b, inp in enumerate(flight.inputs):
       h, w = flight.base_hw[b]
+      # A crop of the padded maps is copied (writeable) by the grouping unless it is
+      # contiguous already; numba compiles the two cases apart.
+      writeable = w != final.shape[2] or final.flags.writeable
+      self._warm_up_grouping(writeable, top_k=flight.top_k is not None, num_tags=tags.shape[-1])
+      t0 = time.perf_counter()
       if flight.top_k is None:
         poses, scores = grouping.parse(final[b, :h, :w], tags[b, :h, :w], self.grouping,
                                        adjust=adjust, refine=refine)
@@ -158,8 +202,9 @@ class Predictor:
                                              tags[b, :h, :w], self.grouping, adjust=adjust,
                                              refine=refine)
       poses = transforms.get_final_preds(poses, inp.center, inp.scale, inp.base_size)
+      seconds += time.perf_counter() - t0
       results.append(Prediction(poses, scores))
-    self.timings['grouping'] += time.perf_counter() - t0
+    self.timings['grouping'] += seconds
     self.timings['images'] += n
     return results
 

@@ -20,7 +20,7 @@ import jobs  # tests/jobs.py
 
 HERE = pathlib.Path(__file__).parent
 REPO = HERE.parent.parent
-TIMES = ('wall_s', 'network_ms', 'aggregation_ms', 'grouping_ms', 'crop_ms')
+TIMES = ('wall_s', 'network_ms', 'aggregation_ms', 'grouping_ms', 'crop_ms', 'compile_s')
 
 
 def _evaluate(kind, out, processes):

@@ -130,3 +130,49 @@ def test_evaluate_writes_results_metrics_and_pictures(setup, tmp_path):
   assert saved['AP'] == metrics['AP']
   assert len(list(tmp_path.glob('pred_*.png'))) == 2
   assert 'network' in runner.format_table(metrics)
+
+
+def test_compilation_is_timed_apart_from_the_stages(setup, monkeypatch):
+  """Per-image times hold no one-off compilation: XLA compiles only inside the Predictor's
+  ahead-of-time step (the jitted calls reuse it) and numba only inside the warm-up."""
+  config, variables, _, images = setup
+  # A bucket no other test uses, so the programs are new to JAX's in-memory caches.
+  config = config_lib.validate(config_lib.apply_overrides(
+      config.copy_and_resolve_references(), ['test.shape_bucket=96']))
+  predictor = Predictor(config, variables)
+  inside_compile = []
+  compile_once = predictor._compile
+
+  def tracked_compile(*args, **kwargs):
+    inside_compile.append(True)
+    try:
+      return compile_once(*args, **kwargs)
+    finally:
+      inside_compile.pop()
+
+  monkeypatch.setattr(predictor, '_compile', tracked_compile)
+  warm_up = grouping.warm_up
+  kernels = (grouping.host.parse_host, grouping.host.group)
+  signatures_after_warm_up = []
+
+  def tracked_warm_up(*args, **kwargs):
+    warm_up(*args, **kwargs)
+    signatures_after_warm_up.append(sum(len(k.signatures) for k in kernels))
+
+  monkeypatch.setattr(grouping, 'warm_up', tracked_warm_up)
+  xla_compiles, stray = [], []
+
+  def listener(event, duration, **kwargs):
+    if event == '/jax/core/compile/backend_compile_duration':
+      (xla_compiles if inside_compile else stray).append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    got = list(predictor.predict_many(enumerate(images), profile=True))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(got) == len(images)
+  assert xla_compiles and not stray, f'{len(stray)} compilations inside the timed stages'
+  assert signatures_after_warm_up, 'the grouping was not warmed up'
+  assert sum(len(k.signatures) for k in kernels) == signatures_after_warm_up[-1]
+  assert predictor.timings['compile'] > 0 and predictor.timings['images'] == len(images)

@@ -104,7 +104,10 @@ def test_predict_from_boxes_matches_the_crop_path(ref, cfg, topdown_fixtures_dir
   assert first['category_id'] == 1 and first['image_id'] == int(ref['crop_image_id'][0])
   image = coco.decode_image(coco_sample_dir / f"{first['image_id']:012d}.jpg")
   from_boxes = pred.predict(image, np.asarray([first['bbox']]))
+  compiled = pred.compile_seconds  # compiled once, ahead of the first batch, timed apart
+  assert compiled > 0
   from_crops = pred.predict_crops(ref['crop_uint8'][:1], ref['crop_center'][:1], ref['crop_scale'][:1])
+  assert pred.compile_seconds == compiled
   if cv2.__version__.startswith('5.0.'):  # the fixtures' warp arithmetic: identical crops
     np.testing.assert_array_equal(from_boxes, from_crops)
   else:  # a few crop pixels one grey level off: scores within network noise of that change
