@@ -220,7 +220,8 @@ def check_input_shape(shape: Sequence[int]) -> None:
                      f'{INPUT_MULTIPLE}, got {h}x{w} (shape {shape}); pad or resize the image')
 
 
-def init_variables(model: nn.Module, seed: int = 0) -> dict:
+def init_variables(model: nn.Module, seed: int = 0,
+                   input_shape: tuple[int, ...] | None = None) -> dict:
   """Official random initialisation without compiling `model.init`, as numpy arrays.
 
   `model.init` gives the same distribution (its initializers are the official ones),
@@ -232,11 +233,14 @@ def init_variables(model: nn.Module, seed: int = 0) -> dict:
   Args:
     model: a module built by `higherhrnet_jax.models.build`.
     seed: seed of the numpy generator.
+    input_shape: `[B, H, W, 3]` to trace the variable shapes with (default: the smallest
+      valid input; the networks here are fully convolutional).
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` (float32 numpy arrays).
   """
-  x = jax.ShapeDtypeStruct((1, INPUT_MULTIPLE, INPUT_MULTIPLE, 3), jnp.float32)
+  x = jax.ShapeDtypeStruct(tuple(input_shape or (1, INPUT_MULTIPLE, INPUT_MULTIPLE, 3)),
+                           jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   rng = np.random.default_rng(seed)
 

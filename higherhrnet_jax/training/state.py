@@ -11,10 +11,11 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from higherhrnet_jax import models
 from higherhrnet_jax.training import sharding as sharding_lib
 
 
@@ -38,14 +39,6 @@ class TrainState:
   rng: jax.Array
 
 
-def _init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
-  # Traced inside the sharded init below; `models.init_variables` is the host-side twin
-  # (numpy values, no compile) for callers that need variables without a train state.
-  """`model.init` on zeros of `input_shape` ([B, H, W, 3]) in eval mode."""
-  variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
-  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-
-
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -53,45 +46,48 @@ def create_train_state(
     input_shape: tuple[int, ...],
     mesh: Mesh,
     shard_params: bool = False,
-    init_impl: str = 'rbg',
 ) -> tuple[TrainState, Any]:
-  """Creates the state directly in its final sharding (`eval_shape` + sharded init).
+  """Creates the state directly in its final sharding.
+
+  The variables of our networks are the official random init drawn on the host
+  (`models.init_variables`, numpy, seeded from `rng`): no XLA program draws them, which for
+  W32 on a CPU saves half a minute of compilation before the first step. Any other module
+  gets its own initializers (`model.init`, compiled once on one device). Either way every
+  process holds the same values and keeps its shards, whatever the device layout; only
+  the optimizer's initial state is compiled in the final sharding.
 
   Args:
     model: flax module with the HigherHRNet contract.
     tx: optimizer.
-    rng: PRNG key; split into an init key and the state's base key.
-    input_shape: `[B, H, W, 3]` used to trace init (B = 1 is enough).
+    rng: PRNG key; split into the init seed and the state's base key.
+    input_shape: `[B, H, W, 3]` used to trace the variable shapes (B = 1 is enough).
     mesh: the training mesh.
     shard_params: FSDP-style sharding of params and optimizer state.
-    init_impl: PRNG implementation of the parameter initialisers. 'rbg' (XLA's
-      RngBitGenerator) compiles several times faster than 'threefry2x32' (W32 init on
-      CPU: minutes -> about a minute); its values may depend on the parameter sharding,
-      which does not matter for a random init (a resumed run restores exact values).
 
   Returns:
     `(state, shardings)`, `shardings` being the TrainState-shaped tree of NamedShardings.
   """
   init_rng, state_rng = jax.random.split(rng)
-  if init_impl != 'threefry2x32':
-    data = jax.random.key_data(init_rng)
-    width = jax.random.key_data(jax.random.key(0, impl=init_impl)).shape[-1]
-    init_rng = jax.random.wrap_key_data(jnp.resize(data, (width,)), impl=init_impl)
-
-  def init_fn(init_rng, state_rng):
-    variables = _init_variables(model, init_rng, (1,) + tuple(input_shape[1:]))
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables['params'],
-        batch_stats=variables['batch_stats'],
-        opt_state=tx.init(variables['params']),
-        rng=state_rng,
-    )
-
-  abstract = jax.eval_shape(init_fn, init_rng, state_rng)
+  shape = (1,) + tuple(input_shape[1:])
+  if isinstance(model, (models.HigherHRNet, models.PoseHRNet)):
+    seed = int(np.asarray(jax.random.key_data(init_rng), np.uint32).ravel()[0])
+    host = models.init_variables(model, seed, shape)
+  else:
+    host = jax.device_get(jax.jit(lambda r: model.init(r, np.zeros(shape, np.float32),
+                                                       train=False))(init_rng))
+  host = TrainState(step=np.zeros((), np.int32), params=host['params'],
+                    batch_stats=host.get('batch_stats', {}), opt_state=None,
+                    rng=np.asarray(state_rng))
+  abstract = jax.eval_shape(lambda s: s.replace(opt_state=tx.init(s.params)), host)
   shardings = sharding_lib.state_shardings(abstract, mesh, shard_params)
-  state = jax.jit(init_fn, out_shardings=shardings)(init_rng, state_rng)
-  return state, shardings
+
+  def place(value, target):
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, target, lambda index: value[index])
+
+  state = jax.tree.map(place, host, shardings.replace(opt_state=None))
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(state.params)
+  return state.replace(opt_state=opt_state), shardings
 
 
 def abstract_state(state_or_fn: Any, shardings: Any) -> Any:
