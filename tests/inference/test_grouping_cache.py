@@ -1,4 +1,4 @@
-"""Grouping from an on-disk numba cache filled by other entry points (the segfault of issue 17).
+"""Grouping from an on-disk numba cache filled by other entry points (a segfault seen once).
 
 Each entry point runs in its own process against one shared cache directory, in the order
 that crashed: the predictor (read-only arrays, device top-k) compiles the parallel refine

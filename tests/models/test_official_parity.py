@@ -3,7 +3,7 @@
 Weights: the tiny state dict is stored; W32/W48 weights are rebuilt from the
 deterministic recipe of the fixtures' README (section 3), implemented below.
 Tolerance: max |ours - ref| / max |ref| < 1e-4 for every output and feature (the
-issue's criterion); BatchNorm running statistics after one train step: atol 1e-5.
+parity criterion); BatchNorm running statistics after one train step: atol 1e-5.
 """
 
 import pathlib

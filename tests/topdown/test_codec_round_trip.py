@@ -6,7 +6,7 @@ predicted it exactly, and mapped back to the image. The error in image pixels, m
 heatmap pixels of the crop, bounds what each codec can do:
   * 'official': integer targets + quarter offset: up to ~0.75 heatmap px (rounding 0.5 plus
     a wrong-way quarter step), so the bound is 0.8;
-  * 'dark' and 'udp': sub-pixel targets + Taylor refinement: 0.05 px (the issue's criterion),
+  * 'dark' and 'udp': sub-pixel targets + Taylor refinement: 0.05 px (the codecs' published accuracy),
     for every visible joint at least 3 sigma inside the map (nearer the border the map
     truncates the Gaussian: measured 0.17-0.29 px there), and clearly better than 'official'.
 """

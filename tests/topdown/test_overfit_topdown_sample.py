@@ -15,7 +15,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / 'bench' / 'overfit_topdown_sample.py'
 MIN_AP = 0.9
-TIMEOUT_S = 20 * 60  # the budget is ~15 minutes; a shared machine gets some slack
+TIMEOUT_S = 20 * 60  # the budget is ~15 minutes; a shared machine gets some slack
 
 
 @pytest.mark.slow
