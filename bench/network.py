@@ -9,6 +9,9 @@ load hits all three alike. Reported: the median time per call after one-off comp
   python bench/network.py --json                   # W32-512 forward, W32 at 256 train step
   python bench/network.py --forward-batches 1 --repeats 3 --out bench/results/network.json
 
+The forward is also timed as an *inference program*: the weights compiled in as constants
+and XLA:CPU's Eigen convolutions instead of its default YNNPACK ones (`inference_ratio`).
+
 The training step is a plain one: forward in train mode (batch statistics), the mean of the
 squared outputs as loss, backward, Adam, for both frameworks. Needs `torch` (the `bench`
 extra); the PyTorch twin is checked against the official outputs first.
@@ -64,6 +67,25 @@ def _ours_forward(model, variables, x):
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
   xj = jnp.asarray(x)
   run = lambda: jax.block_until_ready(apply(variables, xj))
+  return run
+
+
+# XLA:CPU's YNNPACK convolutions (the default) are slower here than its Eigen ones for a
+# forward program; training is not (see README).
+NO_YNN_CONVOLUTION = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+def _ours_inference_forward(model, variables, x):
+  """An inference program: the weights compiled in as constants, Eigen convolutions."""
+  weights = jax.device_put(variables)
+  xj = jnp.asarray(x)
+  compiled = {}
+
+  def run():
+    if 'fn' not in compiled:
+      apply = jax.jit(lambda x: model.apply(weights, x, train=False))
+      compiled['fn'] = apply.lower(xj).compile(compiler_options=NO_YNN_CONVOLUTION)
+    jax.block_until_ready(compiled['fn'](xj))
   return run
 
 
@@ -134,9 +156,12 @@ def _row(kind: str, batch: int, size: int, race: dict) -> dict:
   med = race['median_s']
   best_torch = min(med['torch_nchw'], med['torch_channels_last'])
   times = {f'{k}_ms': 1e3 * v for k, v in med.items()}
-  return {'kind': kind, 'batch': batch, 'input': size, **times,
-          'ours_compile_s': race['first_call_s']['ours'] - med['ours'],
-          'ratio': med['ours'] / best_torch}
+  row = {'kind': kind, 'batch': batch, 'input': size, **times,
+         'ours_compile_s': race['first_call_s']['ours'] - med['ours'],
+         'ratio': med['ours'] / best_torch}
+  if 'ours_inference' in med:
+    row['inference_ratio'] = med['ours_inference'] / best_torch
+  return row
 
 
 def main(argv=None) -> dict:
@@ -169,6 +194,7 @@ def main(argv=None) -> dict:
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     nets = {cl: torch_reference.build(config.model, variables, cl) for cl in (False, True)}
     race = _race({'ours': _ours_forward(model, variables, x),
+                  'ours_inference': _ours_inference_forward(model, variables, x),
                   'torch_nchw': _torch_forward(nets[False], x, False),
                   'torch_channels_last': _torch_forward(nets[True], x, True)}, a.repeats)
     rows.append(_row('forward', batch, size, race))
@@ -186,6 +212,7 @@ def main(argv=None) -> dict:
       'cpu': _cpu_name(), 'threads': a.threads, 'jax': jax.__version__, 'torch': torch.__version__,
       'config': pathlib.Path(a.config).name, 'repeats': a.repeats, 'rows': rows,
       'forward_ratio': forward[0]['ratio'] if forward else None,
+      'inference_forward_ratio': forward[0]['inference_ratio'] if forward else None,
       'train_step_ratio': rows[-1]['ratio'],
       'forward_compile_s': forward[0]['ours_compile_s'] if forward else None,
       'train_compile_s': rows[-1]['ours_compile_s'],
@@ -199,7 +226,9 @@ def main(argv=None) -> dict:
 
 
 def _format(r: dict) -> str:
-  return (f"{r['kind']:>10} b{r['batch']} {r['input']}px | ours {r['ours_ms']:8.1f} ms | "
+  inference = (f"ours inference program {r['ours_inference_ms']:8.1f} ms | "
+               if 'ours_inference_ms' in r else '')
+  return (f"{r['kind']:>10} b{r['batch']} {r['input']}px | ours {r['ours_ms']:8.1f} ms | {inference}"
           f"torch NCHW {r['torch_nchw_ms']:8.1f} ms | torch channels-last "
           f"{r['torch_channels_last_ms']:8.1f} ms | ours / best torch {r['ratio']:.2f} | "
           f"ours compile {r['ours_compile_s']:.1f} s")

@@ -176,3 +176,35 @@ def test_compilation_is_timed_apart_from_the_stages(setup, monkeypatch):
   assert signatures_after_warm_up, 'the grouping was not warmed up'
   assert sum(len(k.signatures) for k in kernels) == signatures_after_warm_up[-1]
   assert predictor.timings['compile'] > 0 and predictor.timings['images'] == len(images)
+
+
+def test_weights_in_program_gives_the_same_maps_and_follows_new_weights(setup):
+  """`test.weights_in_program`: the network compiled with the weights as constants (CPU).
+
+  Same float32 network, other summation order (Eigen instead of YNNPACK convolutions, BN
+  constants folded by XLA): the maps agree to 1e-5 of their scale (a few ulp through the
+  network, as the batching tolerance above), while a wrong or stale weight moves them by
+  far more. New weights recompile the program and are used.
+  """
+  config, variables, reference, images = setup
+  baked_config = config_lib.validate(config_lib.apply_overrides(
+      config.copy_and_resolve_references(), ['test.weights_in_program=True']))
+  baked = Predictor(baked_config, variables)
+  inputs = [reference.prepare(images[0])]
+
+  def maps(predictor):
+    flight = predictor.dispatch(inputs)
+    return np.asarray(flight.final), np.asarray(flight.tags)
+
+  (want_hm, want_tags), (got_hm, got_tags) = maps(reference), maps(baked)
+  assert_close_to_scale(got_hm, want_hm, 1e-5)
+  assert_close_to_scale(got_tags, want_tags, 1e-5)
+  assert len(baked._programs) == 1 and baked.timings['compile'] > 0
+  maps(baked)
+  assert len(baked._programs) == 1  # the same bucket reuses its program
+
+  other = jax.tree.map(lambda a: np.asarray(a) * np.float32(1.5), variables)
+  baked.set_variables(other)
+  reference_other = Predictor(config, other)
+  (want_hm, _), (got_hm, _) = maps(reference_other), maps(baked)
+  assert_close_to_scale(got_hm, want_hm, 1e-5)
