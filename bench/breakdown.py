@@ -80,32 +80,10 @@ def _chain(blocks, x):
 
 
 def _torch_pieces(net):
-  def stem(x):
-    x = net.relu(net.bn1(net.conv1(x)))
-    return net.relu(net.bn2(net.conv2(x)))
-
-  def stage(s):
-    def run(ys):
-      ys = ys if isinstance(ys, list) else [ys]
-      trans = getattr(net, f'transition{s - 1}')
-      xs = [ys[i] if t is None else t(ys[-1]) for i, t in enumerate(trans)]
-      return getattr(net, f'stage{s}')(xs)
-    return run
-
-  def head(ys):
-    x = ys[0]
-    y = net.final_layers[0](x)
-    outputs = [y]
-    for i, deconv in enumerate(net.deconv_layers):
-      if net.cat_output[i]:
-        x = torch.cat((x, y), 1)
-      x = deconv(x)
-      y = net.final_layers[i + 1](x)
-      outputs.append(y)
-    return outputs
-
-  return [('stem', stem), ('layer1', net.layer1), *[(f'stage{s}', stage(s)) for s in (2, 3, 4)],
-          ('head', head)]
+  return [('stem', net.stem), ('layer1', net.layer1),
+          *[(f'stage{s}', lambda ys, s=s: net.stage(s, ys if isinstance(ys, list) else [ys]))
+            for s in (2, 3, 4)],
+          ('head', lambda ys: net.head(ys[0]))]
 
 
 def _median_ms(fn, repeats: int) -> float:

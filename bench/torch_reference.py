@@ -179,16 +179,22 @@ class Backbone(nn.Module):
       cins = cur
     self.out_channels = cins[0]
 
-  def forward(self, x):
+  def stem(self, x):
     x = self.relu(self.bn1(self.conv1(x)))
-    x = self.relu(self.bn2(self.conv2(x)))
-    ys = [self.layer1(x)]
+    return self.relu(self.bn2(self.conv2(x)))
+
+  def stage(self, s: int, ys):
+    """Stage `s` (2-4) with the transition before it, from the previous branch outputs."""
+    trans = getattr(self, f'transition{s - 1}')
+    # As the official code: every transition reads the last branch (the only one that
+    # changes width in these layouts is a new branch, or stage 2's from layer1).
+    xs = [ys[i] if t is None else t(ys[-1]) for i, t in enumerate(trans)]
+    return getattr(self, f'stage{s}')(xs)
+
+  def forward(self, x):
+    ys = [self.layer1(self.stem(x))]
     for s in (2, 3, 4):
-      trans = getattr(self, f'transition{s - 1}')
-      # As the official code: every transition reads the last branch (the only one that
-      # changes width in these layouts is a new branch, or stage 2's from layer1).
-      xs = [ys[i] if t is None else t(ys[-1]) for i, t in enumerate(trans)]
-      ys = getattr(self, f'stage{s}')(xs)
+      ys = self.stage(s, ys)
     return ys[0]
 
 
@@ -224,7 +230,10 @@ class HigherHRNetTorch(Backbone):
     self.cat_output = [bool(v) for v in d['cat_output']]
 
   def forward(self, x):
-    x = super().forward(x)
+    return self.head(super().forward(x))
+
+  def head(self, x):
+    """The 1/4 prediction, then each deconv stage, from the backbone's first branch."""
     y = self.final_layers[0](x)
     outputs = [y]
     for i, deconv in enumerate(self.deconv_layers):
