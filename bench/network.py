@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import torch_reference  # noqa: E402
 from higherhrnet_jax import apps, config as config_lib, models  # noqa: E402
+from higherhrnet_jax.inference import predictor  # noqa: E402
 
 CONFIG = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
 
@@ -70,11 +71,6 @@ def _ours_forward(model, variables, x):
   return run
 
 
-# XLA:CPU's YNNPACK convolutions (the default) are slower here than its Eigen ones for a
-# forward program; training is not (see README).
-NO_YNN_CONVOLUTION = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
-
-
 def _ours_inference_forward(model, variables, x):
   """An inference program: the weights compiled in as constants, Eigen convolutions."""
   weights = jax.device_put(variables)
@@ -84,7 +80,7 @@ def _ours_inference_forward(model, variables, x):
   def run():
     if 'fn' not in compiled:
       apply = jax.jit(lambda x: model.apply(weights, x, train=False))
-      compiled['fn'] = apply.lower(xj).compile(compiler_options=NO_YNN_CONVOLUTION)
+      compiled['fn'] = apply.lower(xj).compile(compiler_options=predictor.NO_YNN_CONVOLUTION)
     jax.block_until_ready(compiled['fn'](xj))
   return run
 
