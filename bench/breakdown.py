@@ -127,8 +127,7 @@ def main() -> None:
       cost = compiled.cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost
       flops = float(cost.get('flops', 0.0))
-      inference = jax.jit(lambda x, fn=fn: fn(weights, x)).lower(xj).compile(
-          compiler_options=predictor.NO_YNN_CONVOLUTION)
+      inference = predictor.compile_with_weights(fn, weights, xj)
       runs = {'ours': lambda: jax.block_until_ready(compiled(weights, xj)),
               'ours_inference': lambda: jax.block_until_ready(inference(xj))}
       for cl in nets:

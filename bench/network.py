@@ -79,8 +79,8 @@ def _ours_inference_forward(model, variables, x):
 
   def run():
     if 'fn' not in compiled:
-      apply = jax.jit(lambda x: model.apply(weights, x, train=False))
-      compiled['fn'] = apply.lower(xj).compile(compiler_options=predictor.NO_YNN_CONVOLUTION)
+      compiled['fn'] = predictor.compile_with_weights(
+          lambda v, x: model.apply(v, x, train=False), weights, xj)
     jax.block_until_ready(compiled['fn'](xj))
   return run
 

@@ -41,6 +41,25 @@ from higherhrnet_jax.training import sharding
 NO_YNN_CONVOLUTION = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
+def compile_with_weights(fn: Any, weights: Any, *args: Any) -> Any:
+  """`fn(weights, *args)` compiled for these arguments with `weights` as constants.
+
+  An XLA:CPU inference program: constant weights are prepared ahead of the first call, and
+  the convolutions are Eigen's (`NO_YNN_CONVOLUTION`). Returns the compiled `f(*args)`.
+  """
+  lowered = jax.jit(lambda *a: fn(weights, *a)).lower(*args)
+  try:
+    return lowered.compile(compiler_options=NO_YNN_CONVOLUTION)
+  except jax.errors.JaxRuntimeError:  # an XLA without that option
+    return lowered.compile()
+
+
+def _signature(*args: Any, **kwargs: Any) -> str:
+  """Shapes and dtypes of the arrays among the arguments, the other values as they are."""
+  return str(jax.tree.map(lambda a: (a.shape, str(a.dtype)) if hasattr(a, 'shape') else a,
+                          (args, kwargs)))
+
+
 @dataclasses.dataclass
 class Prediction:
   """People found in one image.
@@ -173,9 +192,7 @@ class Predictor:
     The jitted call that follows reuses the compiled program (jit and `lower().compile()`
     share JAX's caches).
     """
-    signature = jax.tree.map(lambda a: (a.shape, str(a.dtype)) if hasattr(a, 'shape') else a,
-                             (args, kwargs))
-    key = f'{name}{signature}'
+    key = name + _signature(*args, **kwargs)
     if key in self._compiled:
       return False
     t0 = time.perf_counter()
@@ -185,22 +202,12 @@ class Predictor:
     return True
 
   def _program_with_weights(self, images, input_hw) -> Any:
-    """The network with the current weights as constants, compiled once per bucket.
-
-    XLA:CPU prepares constant weights ahead of the first call, and its Eigen convolutions
-    beat its YNNPACK ones on this program (`NO_YNN_CONVOLUTION`).
-    """
-    key = str([(a.shape, str(a.dtype)) for a in (*images, *input_hw)])
+    """The network with the current weights as constants, compiled once per bucket."""
+    key = _signature(images, input_hw)
     program = self._programs.get(key)
     if program is None:
       t0 = time.perf_counter()
-      weights = self.variables
-      fn = jax.jit(lambda images, input_hw: self._network_body(weights, images, input_hw))
-      lowered = fn.lower(images, input_hw)
-      try:
-        program = lowered.compile(compiler_options=NO_YNN_CONVOLUTION)
-      except jax.errors.JaxRuntimeError:  # an XLA without that option
-        program = lowered.compile()
+      program = compile_with_weights(self._network_body, self.variables, images, input_hw)
       self.timings['compile'] += time.perf_counter() - t0
       self._programs[key] = program
     return program

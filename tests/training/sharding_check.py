@@ -31,7 +31,7 @@ def make_runner(cfg, devices, batch_shape, shard_params=False):
   tx, sched = optim.make_optimizer(cfg, 100)
   state, shardings = state_lib.create_train_state(
       model, tx, jax.random.PRNGKey(0), batch_shape, mesh, shard_params)
-  # Every runner starts from the same values (a random init may depend on sharding).
+  # Every runner starts from one copy of the first runner's values, whatever its layout.
   global _INITIAL
   if _INITIAL is None:
     _INITIAL = jax.tree.map(np.asarray, state)
