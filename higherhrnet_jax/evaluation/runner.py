@@ -215,5 +215,4 @@ def format_table(metrics: dict[str, Any]) -> str:
            + f"; {metrics['num_images']} images, {metrics['num_skipped_images']} skipped")
   if 'compile_s' in metrics:
     times += f"; compilation {metrics['compile_s']:.1f} s apart"
-
   return f'{head}\n{vals}\n{times}'
