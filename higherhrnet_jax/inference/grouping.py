@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 
 import jax
 import jax.numpy as jnp
-import numba
 import numpy as np
 
 from higherhrnet_jax.inference import grouping_host as host
-from higherhrnet_jax.inference import host_nms
 
 
 # ------------------------------------------------------------------ NMS + top-k (JAX)
@@ -95,7 +92,7 @@ def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding:
   Meant for accelerators. On XLA:CPU one program holding both the NMS and the TopK runs
   several times slower than the two as separate programs (about 400 ms against 30 + 30 ms
   for 512 x 832 x 17 maps, cause not found); host callers should use `parse`, whose numba
-  twin of this function takes about 40 ms there.
+  twin of this function takes about 6 ms there.
 
   Args:
     heatmaps: [H, W, K] (or [B, H, W, K]) detection maps.
@@ -121,34 +118,10 @@ def nms_top_k(heatmaps: jax.Array, tags: jax.Array, *, kernel: int = 5, padding:
 # ------------------------------------------------------------------------------ public API
 
 
-# Refine runs its map scans on all cores once they cover this many pixels in all (a
-# 512 x 832 map with 10 missing joints); below, thread start-up costs more than it saves.
-# A negative value keeps refine on one thread. With fewer than 4 threads it stays off: on
-# a shared 2-core machine the parallel scans were 20-30 % slower than one thread.
-PARALLEL_REFINE_MIN_WORK = (1 << 22) if numba.config.NUMBA_NUM_THREADS >= 4 else -1
-
-_workspaces = threading.local()
-
-
-def _workspace(name: str, size: int) -> np.ndarray:
-  """A float32 scratch buffer of >= size elements, kept per thread and grown on demand.
-
-  Joint-major copies of full-resolution maps are tens of MB; reusing the pages instead of
-  allocating fresh ones each image saves about half of the copy time.
-  """
-  buf = getattr(_workspaces, name, None)
-  if buf is None or buf.size < size:
-    buf = np.empty(max(size, 1), np.float32)
-    setattr(_workspaces, name, buf)
-  return buf
-
-
-def _all_finite(a: np.ndarray) -> bool:
-  return bool(np.isfinite(a).all())
-
-
-def _check_maps(heatmaps: np.ndarray, tags: np.ndarray, num_joints: int) -> tuple[np.ndarray,
-                                                                                  np.ndarray]:
+def _check_maps(heatmaps: np.ndarray, tags: np.ndarray, num_joints: int,
+                valid_hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, int, int]:
+  """Shapes checked, float32 C-contiguous maps (a copy only if they are not) and the valid
+  region. Finiteness is checked by the kernels, in passes they make anyway."""
   heatmaps = np.ascontiguousarray(heatmaps, np.float32)
   tags = np.ascontiguousarray(tags, np.float32)
   if heatmaps.ndim != 3:
@@ -159,20 +132,24 @@ def _check_maps(heatmaps: np.ndarray, tags: np.ndarray, num_joints: int) -> tupl
   if heatmaps.shape[2] != num_joints:
     raise ValueError(f'grouping.parse: heatmaps have {heatmaps.shape[2]} joints but '
                      f'dataset.keypoints.joint_order has {num_joints}')
+  h, w = heatmaps.shape[:2] if valid_hw is None else (int(v) for v in valid_hw)
+  if not (0 < h <= heatmaps.shape[0] and 0 < w <= heatmaps.shape[1]):
+    raise ValueError(f'grouping.parse: valid_hw {(h, w)} is empty or exceeds the '
+                     f'{heatmaps.shape[:2]} maps')
   if min(heatmaps.shape) == 0 or tags.shape[3] == 0:
     raise ValueError(f'grouping.parse: empty maps (heatmaps {heatmaps.shape}, '
                      f'tags {tags.shape})')
-  # NaN would make the NMS, the matching costs and the refine argmax meaningless (and
-  # non-finite costs never let the assignment terminate), so they are rejected.
-  if not _all_finite(heatmaps):
-    raise ValueError('grouping.parse: heatmaps contain NaN or infinite values')
-  if not _all_finite(tags):
-    raise ValueError('grouping.parse: tags contain NaN or infinite values')
-  return heatmaps, tags
+  return heatmaps, tags, h, w
 
 
 def _checked(poses: np.ndarray, scores: np.ndarray,
              status: int) -> tuple[np.ndarray, np.ndarray]:
+  # NaN would make the NMS, the matching costs and the refine argmax meaningless (and
+  # non-finite costs never let the assignment terminate), so they are rejected.
+  if status == host.NON_FINITE_HEATMAPS:
+    raise ValueError('grouping.parse: heatmaps contain NaN or infinite values')
+  if status == host.NON_FINITE_TAGS:
+    raise ValueError('grouping.parse: tags contain NaN or infinite values')
   if status != host.OK:
     raise ValueError(f'grouping: tag-matching assignment failed (munkres status {status})')
   return poses, scores
@@ -219,7 +196,8 @@ class GroupingSpec:
 
 def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
                 heatmaps: np.ndarray, tags: np.ndarray, spec: GroupingSpec,
-                adjust: bool = True, refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                adjust: bool = True, refine: bool = True,
+                valid_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Host half of `parse`, for callers that ran `nms_top_k` on device themselves.
 
   Args:
@@ -231,13 +209,13 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
     spec: `GroupingSpec.from_config(config)`.
     adjust: official quarter-pixel adjustment.
     refine: official filling of missing joints.
+    valid_hw: as in `parse`.
 
   Returns:
     poses [P, K, 3+T] float32 and scores [P] float32, as `parse`.
   """
   nj = len(spec.joint_order)
-  heatmaps, tags = _check_maps(heatmaps, tags, nj)
-  h, w, _ = heatmaps.shape
+  heatmaps, tags, h, w = _check_maps(heatmaps, tags, nj, valid_hw)
   val_k = np.ascontiguousarray(val_k, np.float32)
   loc_k = np.ascontiguousarray(loc_k, np.int64)
   tag_k = np.ascontiguousarray(tag_k, np.float32)
@@ -245,7 +223,7 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
       or tag_k.shape != val_k.shape + (tags.shape[3],)):
     raise ValueError(f'grouping.parse_top_k: inconsistent top-k shapes val_k {val_k.shape}, '
                      f'loc_k {loc_k.shape}, tag_k {tag_k.shape} for {nj} joints')
-  if not (_all_finite(val_k) and _all_finite(tag_k)):
+  if not (np.isfinite(val_k).all() and np.isfinite(tag_k).all()):
     raise ValueError('grouping.parse_top_k: top-k values or tags contain NaN or inf')
   # Only candidates above the detection threshold are ever read; the others may point
   # anywhere (e.g. into the padding of a batch computed on larger maps).
@@ -254,22 +232,20 @@ def parse_top_k(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray,
                         and (used[:, 1] < h).all()):
     raise ValueError(f'grouping.parse_top_k: candidates above detection_threshold lie '
                      f'outside the {h}x{w} maps (loc_k)')
-  if refine:
-    dslabs = _workspace('det', heatmaps.size)[:heatmaps.size].reshape(nj, h * w)
-    host_nms.blocked_transpose_into(heatmaps.reshape(h * w, nj), dslabs)
-  else:
-    dslabs = np.zeros((nj, 0), np.float32)
-  tbuf = _workspace('tags', tags.size if refine else 0)
-  poses, scores, status = host.group(val_k, loc_k, tag_k, heatmaps, tags, dslabs, tbuf,
+  hp, wp = heatmaps.shape[:2]
+  if not host.rows_finite(heatmaps.reshape(hp, wp * nj), h, w * nj):
+    raise ValueError('grouping.parse: heatmaps contain NaN or infinite values')
+  poses, scores, status = host.group(val_k, loc_k, tag_k, heatmaps, tags, h, w,
                                      spec.joint_order_array, spec.detection_threshold,
                                      spec.tag_threshold, spec.use_detection_val,
                                      spec.ignore_too_much, spec.max_num_people, bool(adjust),
-                                     bool(refine), PARALLEL_REFINE_MIN_WORK)
+                                     bool(refine))
   return _checked(poses, scores, status)
 
 
 def parse(heatmaps: np.ndarray, tags: np.ndarray, spec: GroupingSpec, adjust: bool = True,
-          refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+          refine: bool = True,
+          valid_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Groups detections into people, as the official `HeatmapParser.parse`.
 
   Args:
@@ -280,6 +256,8 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, spec: GroupingSpec, adjust: bo
       `data.max_num_people` and `dataset.keypoints.joint_order`.
     adjust: move each joint a quarter pixel towards its higher neighbour.
     refine: fill missing joints of each person at the best tag-consistent peak.
+    valid_hw: (h, w) when only the top-left h x w region holds the image (a batch's maps
+      padded to a common size): the result is that of the cropped maps, with no copy made.
 
   Returns:
     poses [P, K, 3+T] float32, rows (x, y, score, tags...) in heatmap pixels, missing
@@ -287,20 +265,17 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, spec: GroupingSpec, adjust: bo
     adjust, before refine). No detection above threshold gives shapes (0, K, 3+T), (0,).
 
   Raises:
-    ValueError: on mis-shaped maps or NaN / infinite values.
+    ValueError: on mis-shaped maps or NaN / infinite values in the valid region.
 
-  Other float dtypes are cast to float32. Safe to call from several threads (scratch
-  buffers are per thread and kept between calls: about 4 * H * W * K * (1 + T) bytes).
+  Other float dtypes are cast to float32. Safe to call from several threads at once; the
+  kernels release the GIL, so images of a batch group in parallel.
   """
-  heatmaps, tags = _check_maps(heatmaps, tags, len(spec.joint_order))
-  dbuf = _workspace('det', heatmaps.size)
-  tbuf = _workspace('tags', tags.size if refine else 0)
-  poses, scores, status = host.parse_host(heatmaps, tags, dbuf, tbuf, spec.joint_order_array,
+  heatmaps, tags, h, w = _check_maps(heatmaps, tags, len(spec.joint_order), valid_hw)
+  poses, scores, status = host.parse_host(heatmaps, tags, h, w, spec.joint_order_array,
                                           spec.detection_threshold, spec.tag_threshold,
                                           spec.use_detection_val, spec.ignore_too_much,
-                                          spec.max_num_people, spec.nms_kernel,
-                                          spec.nms_padding, bool(adjust), bool(refine),
-                                          PARALLEL_REFINE_MIN_WORK)
+                                          spec.max_num_people, spec.nms_padding,
+                                          bool(adjust), bool(refine))
   return _checked(poses, scores, status)
 
 

@@ -5,9 +5,13 @@ reproducing the official NumPy arithmetic: float64 matching against float32 grou
 NumPy's summation orders for float32 means and scores (`numpy_order.py`), float32 refine.
 `group` and `parse_host` (with the NMS + top-k of `host_nms.py`) are the entry points;
 `grouping.py` validates inputs and holds the public API.
+
+All kernels read the maps in their own layout, det [Hp, Wp, K] and tags [Hp, Wp, K, T],
+of which the valid region is [:h, :w] (a batch's maps are padded to a common size): no
+crop is copied, no joint-major copy is made. Pixel order, e.g. for refine's first argmax,
+is row-major over the valid region, as in the official code on the cropped map.
 """
 
-import numba
 import numpy as np
 
 from higherhrnet_jax._numba import njit
@@ -15,6 +19,8 @@ from higherhrnet_jax.inference import host_nms, munkres, numpy_order
 
 # Status of `group` / `parse_host` (anything else is a munkres status).
 OK = 0
+NON_FINITE_HEATMAPS = -1
+NON_FINITE_TAGS = -2
 
 # Padding cost of the official matcher for detections beyond the number of groups.
 _PAD_COST = 1e10
@@ -122,9 +128,8 @@ def _shift(tmp_lo, tmp_hi):
 
 
 @njit
-def _adjust(poses, det):
+def _adjust(poses, det, h, w):
   """Official `adjust`: pixel centre plus a quarter pixel towards the higher neighbour."""
-  h, w, _ = det.shape
   for p in range(poses.shape[0]):
     for j in range(poses.shape[1]):
       if poses[p, j, 2] > 0:
@@ -150,100 +155,132 @@ def person_scores(poses):
 
 
 @njit
-def _tag_rounded_distance(tslab, prev, acc):
-  """acc[i] = round(sqrt(sum_t (tslab[t, i] - prev[t])**2)) in float32, NumPy's order."""
-  nt, n = tslab.shape
-  if nt < 8:
-    acc[:] = 0
-    for t in range(nt):
-      pt = prev[t]
-      for i in range(n):
-        e = np.float32(tslab[t, i] - pt)
-        acc[i] = np.float32(acc[i] + np.float32(e * e))
+def _row_scores(drow, trow, j, w, prev, acc):
+  """acc[x] = det - round(|tag - prev|) along one row of joint j (float32, NumPy's order:
+  sequential squares below 8 tags, pairwise above)."""
+  nt = prev.shape[0]
+  if nt == 2:  # the flip-test layout, written out
+    p0 = prev[0]
+    p1 = prev[1]
+    for x in range(w):
+      e0 = np.float32(trow[x, j, 0] - p0)
+      e1 = np.float32(trow[x, j, 1] - p1)
+      s = np.float32(np.float32(e0 * e0) + np.float32(e1 * e1))
+      acc[x] = np.float32(drow[x, j] - np.float32(np.rint(np.float32(np.sqrt(s)))))
+  elif nt < 8:
+    for x in range(w):
+      s = np.float32(0.0)
+      for t in range(nt):
+        e = np.float32(trow[x, j, t] - prev[t])
+        s = np.float32(s + np.float32(e * e))
+      acc[x] = np.float32(drow[x, j] - np.float32(np.rint(np.float32(np.sqrt(s)))))
   else:
     e = np.empty(nt, np.float32)
-    for i in range(n):
+    for x in range(w):
       for t in range(nt):
-        e[t] = np.float32(tslab[t, i] - prev[t])
-      acc[i] = numpy_order.sum_squares(e)
-  for i in range(n):
-    acc[i] = np.float32(np.rint(np.float32(np.sqrt(acc[i]))))
+        e[t] = np.float32(trow[x, j, t] - prev[t])
+      s = numpy_order.sum_squares(e)
+      acc[x] = np.float32(drow[x, j] - np.float32(np.rint(np.float32(np.sqrt(s)))))
 
 
 @njit
-def _gather_joint(tags2, j, tslab):
-  """tslab [T, N] <- tags2[:, j, :] (a separate function: inlined into `_refine` this loop
-  compiles to code about ten times slower)."""
-  for i in range(tags2.shape[0]):
-    for t in range(tags2.shape[2]):
-      tslab[t, i] = tags2[i, j, t]
+def _pixel_score(det, tag, prev):
+  """det - round(|tag - prev|) of one pixel, the arithmetic of `_row_scores`."""
+  nt = prev.shape[0]
+  if nt < 8:
+    s = np.float32(0.0)
+    for t in range(nt):
+      e = np.float32(tag[t] - prev[t])
+      s = np.float32(s + np.float32(e * e))
+  else:
+    e = np.empty(nt, np.float32)
+    for t in range(nt):
+      e[t] = np.float32(tag[t] - prev[t])
+    s = numpy_order.sum_squares(e)
+  return np.float32(det - np.float32(np.rint(np.float32(np.sqrt(s)))))
 
 
 @njit
-def _first_argmax(a):
-  """`np.argmax` of a finite 1-d array: the maximum from eight independent lanes (a loop the
-  compiler can vectorise), then the first index holding it."""
-  n = a.shape[0]
+def _row_bounds(trow, drow, w, probe, tmin, tmax, dmax):
+  """Per joint (and tag channel) extremes of one row: tag min / max over trow [Wp * K * T]
+  flat, det max over drow [Wp, K]; probe[q] += tag * 0 flags NaN / inf."""
+  c = tmin.shape[0]
+  tmin[:] = np.inf
+  tmax[:] = -np.inf
+  dmax[:] = -np.inf
+  for x in range(w):
+    base = x * c
+    for q in range(c):
+      v = trow[base + q]
+      probe[q] += v * np.float32(0.0)
+      tmin[q] = v if v < tmin[q] else tmin[q]
+      tmax[q] = v if v > tmax[q] else tmax[q]
+    px = drow[x]
+    for j in range(dmax.shape[0]):
+      v = px[j]
+      dmax[j] = v if v > dmax[j] else dmax[j]
+
+
+@njit
+def _max_lanes(a, n):
+  """max(a[:n]) of finite values from eight independent lanes (a loop that vectorises)."""
   lanes = np.full(8, -np.inf, a.dtype)
   nb = n - n % 8
   for i in range(0, nb, 8):
-    for k in range(8):
-      v = a[i + k]
-      lanes[k] = v if v > lanes[k] else lanes[k]
+    for q in range(8):
+      v = a[i + q]
+      lanes[q] = v if v > lanes[q] else lanes[q]
   m = lanes.max()
   for i in range(nb, n):
     if a[i] > m:
       m = a[i]
-  for i in range(n):
-    if a[i] == m:
-      return i
-  return 0
+  return m
 
 
 @njit
-def _best_pixel(dslab, tslab, prev, acc):
-  """First argmax of det - round(|tag - prev|) over one joint's map (float32).
+def _probe_row(flat, n, probe):
+  """probe[q] += value * 0 over flat[:n]: stays 0 unless a value is NaN or infinite."""
+  nb = n - n % 16
+  for i in range(0, nb, 16):
+    for q in range(16):
+      probe[q] += flat[i + q] * np.float32(0.0)
+  for i in range(nb, n):
+    probe[0] += flat[i] * np.float32(0.0)
 
-  A separate function on purpose: inlined into `_refine`'s loops it runs twice as slow.
-  """
-  if tslab.shape[0] == 2:  # the flip-test layout, in one pass
-    t0 = tslab[0]
-    t1 = tslab[1]
-    p0 = prev[0]
-    p1 = prev[1]
-    for i in range(dslab.shape[0]):
-      e0 = np.float32(t0[i] - p0)
-      e1 = np.float32(t1[i] - p1)
-      s = np.float32(np.float32(e0 * e0) + np.float32(e1 * e1))
-      acc[i] = np.float32(dslab[i] - np.float32(np.rint(np.float32(np.sqrt(s)))))
-  else:
-    _tag_rounded_distance(tslab, prev, acc)
-    for i in range(dslab.shape[0]):
-      acc[i] = np.float32(dslab[i] - acc[i])
-  return _first_argmax(acc)
+
+@njit(nogil=True)
+def rows_finite(flat, h, n):
+  """Whether flat[:h, :n] (maps as [Hp, Wp * C] rows) is all finite: one streaming pass."""
+  probe = np.zeros(16, np.float32)
+  for y in range(h):
+    _probe_row(flat[y], n, probe)
+  return (probe == 0).all()
 
 
 @njit
-def _refine(poses, det, tags, dslabs, tbuf, parallel_min_work):
+def tags_finite(tags, h, w):
+  hp, wp, nj, nt = tags.shape
+  return rows_finite(tags.reshape(hp, wp * nj * nt), h, w * nj * nt)
+
+
+@njit
+def _refine(poses, det, tags, h, w):
   """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
 
   For a missing joint j of a person with mean tag `prev` (float32 mean over its present
   joints, read at their integer peak locations) the official code takes the first argmax,
   in row-major order, of `det[..., j] - round(|tag[..., j, :] - prev|)` (float32) and fills
-  the joint there if the det value is positive. Joints are visited in the outer loop so that
-  each joint's maps are read from contiguous slabs (dslabs [K, H * W] is `det` joint-major)
-  and the per-person scans are branch-free, vectorisable loops. tbuf is a float32 workspace
-  of at least K * T * H * W elements for the joint-major tags. With at least
-  `parallel_min_work` scanned pixels in all (and >= 0) the scans run on all cores; each scan
-  is independent, so the result does not depend on it.
+  the joint there if the det value is positive. Every (person, joint) scan advances row by
+  row in one pass over the maps, so each row is read from memory once, whatever the number
+  of scans; the same pass checks that the tags are finite (returned).
   """
-  h, w, nj = det.shape
-  nt = tags.shape[3]
+  hp, wp, nj, nt = tags.shape
   npeople = poses.shape[0]
-  n = h * w
   rows = np.empty((nj, nt), np.float32)
   prevs = np.empty((npeople, nt), np.float32)
-  need = np.zeros((npeople, nj), np.bool_)
+  scan_p = np.empty(npeople * nj, np.int64)
+  scan_j = np.empty(npeople * nj, np.int64)
+  ns = 0
   for p in range(npeople):
     cnt = 0
     for j in range(nj):
@@ -256,88 +293,71 @@ def _refine(poses, det, tags, dslabs, tbuf, parallel_min_work):
       continue  # only reachable with a negative detection threshold
     numpy_order.mean_rows_f32(rows, cnt, prevs[p])
     for j in range(nj):
-      need[p, j] = poses[p, j, 2] == 0
-  num_scans = 0
-  joints_needed = 0
-  for j in range(nj):
-    cnt = 0
-    for p in range(npeople):
-      cnt += need[p, j]
-    num_scans += cnt
-    joints_needed += cnt > 0
-  if num_scans == 0:
-    return
-  parallel = 0 <= parallel_min_work <= num_scans * n and num_scans > 1
-  # Joint-major copies of the tag maps: all joints in one cache-blocked pass when most are
-  # needed (or scans run in parallel), else only the needed joints (each a strided gather).
-  all_at_once = parallel or 2 * joints_needed > nj
-  if all_at_once:
-    tslabs = tbuf[:nj * nt * n].reshape(nj, nt, n)
-    host_nms.blocked_transpose_into(tags.reshape(n, nj * nt), tslabs.reshape(nj * nt, n))
-  else:
-    tslabs = tbuf[:nt * n].reshape(1, nt, n)
-  best = np.full((npeople, nj), -1, np.int64)
-  if parallel:
-    scan_p = np.empty(num_scans, np.int64)
-    scan_j = np.empty(num_scans, np.int64)
-    s = 0
-    for p in range(npeople):
-      for j in range(nj):
-        if need[p, j]:
-          scan_p[s] = p
-          scan_j[s] = j
-          s += 1
-    found = np.empty(num_scans, np.int64)
-    _scan_parallel(dslabs, tslabs, prevs, scan_p, scan_j, found)
-    for s in range(num_scans):
-      best[scan_p[s], scan_j[s]] = found[s]
-  else:
-    tags2 = tags.reshape(n, nj, nt)
-    acc = np.empty(n, np.float32)
-    for j in range(nj):
-      if not need[:, j].any():
+      if poses[p, j, 2] == 0:
+        scan_p[ns] = p
+        scan_j[ns] = j
+        ns += 1
+  if ns == 0:
+    return tags_finite(tags, h, w)
+  best_val = np.full(ns, -np.inf, np.float32)
+  best_idx = np.full(ns, -1, np.int64)
+  acc = np.empty(w, np.float32)
+  flat = tags.reshape(hp, wp * nj * nt)
+  probe = np.zeros(nj * nt, np.float32)
+  tmin = np.empty(nj * nt, np.float32)
+  tmax = np.empty(nj * nt, np.float32)
+  dmax = np.empty(nj, np.float32)
+  nearest = np.empty(nt, np.float32)
+  for y in range(h):
+    drow = det[y]
+    trow = tags[y]
+    _row_bounds(flat[y], drow, w, probe, tmin, tmax, dmax)
+    for s in range(ns):
+      j = scan_j[s]
+      prev = prevs[scan_p[s]]
+      # No pixel of this row scores above det_max - round(|nearest tag in the row's tag
+      # box - prev|) (every float32 step is monotone); a row that cannot beat the best so
+      # far is skipped: a tie keeps the earlier pixel anyway.
+      for t in range(nt):
+        nearest[t] = min(max(prev[t], tmin[j * nt + t]), tmax[j * nt + t])
+      if _pixel_score(dmax[j], nearest, prev) <= best_val[s]:
         continue
-      if all_at_once:
-        tslab = tslabs[j]
-      else:
-        tslab = tslabs[0]
-        _gather_joint(tags2, j, tslab)
-      for p in range(npeople):
-        if need[p, j]:
-          best[p, j] = _best_pixel(dslabs[j], tslab, prevs[p], acc)
-  for p in range(npeople):
-    for j in range(nj):
-      bi = best[p, j]
-      if bi < 0:
-        continue
-      val = dslabs[j, bi]
-      if val > 0:
-        by = bi // w
-        bx = bi % w
-        dx = _shift(det[by, max(bx - 1, 0), j], det[by, min(bx + 1, w - 1), j])
-        dy = _shift(det[max(by - 1, 0), bx, j], det[min(by + 1, h - 1), bx, j])
-        poses[p, j, 0] = np.float32(bx + 0.5 + dx)
-        poses[p, j, 1] = np.float32(by + 0.5 + dy)
-        poses[p, j, 2] = val
-
-
-@njit(parallel=True)
-def _scan_parallel(dslabs, tslabs, prevs, scan_p, scan_j, found):
-  """`_best_pixel` for every (person, joint) scan, spread over the cores."""
-  n = dslabs.shape[1]
-  for s in numba.prange(scan_p.shape[0]):
-    acc = np.empty(n, np.float32)
-    found[s] = _best_pixel(dslabs[scan_j[s]], tslabs[scan_j[s]], prevs[scan_p[s]], acc)
+      _row_scores(drow, trow, j, w, prev, acc)
+      m = _max_lanes(acc, w)
+      if m > best_val[s]:  # a tie with an earlier row keeps the earlier pixel
+        best_val[s] = m
+        for x in range(w):
+          if acc[x] == m:
+            best_idx[s] = y * w + x
+            break
+  if not (probe == 0).all():
+    return False
+  for s in range(ns):
+    bi = best_idx[s]
+    if bi < 0:
+      continue
+    p = scan_p[s]
+    j = scan_j[s]
+    by = bi // w
+    bx = bi % w
+    val = det[by, bx, j]
+    if val > 0:
+      dx = _shift(det[by, max(bx - 1, 0), j], det[by, min(bx + 1, w - 1), j])
+      dy = _shift(det[max(by - 1, 0), bx, j], det[min(by + 1, h - 1), bx, j])
+      poses[p, j, 0] = np.float32(bx + 0.5 + dx)
+      poses[p, j, 1] = np.float32(by + 0.5 + dy)
+      poses[p, j, 2] = val
+  return True
 
 
 @njit(nogil=True)
-def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_threshold,
-          tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine,
-          parallel_min_work):
-  """Matching, adjust, scores and refine for one image (see `parse`).
+def group(val_k, loc_k, tag_k, det, tags, h, w, joint_order, detection_threshold,
+          tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust, refine):
+  """Matching, adjust, scores and refine for one image (see `parse`); checks that the tags
+  are finite on the way (the heatmaps are the caller's to check).
 
-  Entry points release the GIL, so grouping in a worker thread overlaps with Python work
-  (e.g. dispatching the next batch) in the main thread.
+  Entry points release the GIL, so images group in parallel threads, and grouping in a
+  worker thread overlaps with Python work (e.g. dispatching the next batch).
   """
   poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
                                 tag_threshold, use_detection_val, ignore_too_much,
@@ -345,24 +365,27 @@ def group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order, detection_t
   if status != OK:
     return poses, np.zeros(0, np.float32), status
   if adjust:
-    _adjust(poses, det)
+    _adjust(poses, det, h, w)
   scores = person_scores(poses)
-  if refine:
-    _refine(poses, det, tags, dslabs, tbuf, parallel_min_work)
+  finite = _refine(poses, det, tags, h, w) if refine else tags_finite(tags, h, w)
+  if not finite:
+    return poses[:0], scores[:0], NON_FINITE_TAGS
   return poses, scores, OK
 
 
 @njit(nogil=True)
-def parse_host(det, tags, dbuf, tbuf, joint_order, detection_threshold, tag_threshold,
-               use_detection_val, ignore_too_much, max_num_people, kernel, padding, adjust,
-               refine, parallel_min_work):
-  """NMS, top-k and `group` on host arrays (see `parse`); dbuf, tbuf: float32 workspaces of
-  at least H * W * K and (with refine) H * W * K * T elements."""
-  h, w, nj = det.shape
-  dslabs = dbuf[:nj * h * w].reshape(nj, h * w)
-  host_nms.blocked_transpose_into(det.reshape(h * w, nj), dslabs)
-  val_k, ind = host_nms.nms_top_k_host(dslabs, h, w, kernel, padding, max_num_people)
-  loc_k, tag_k = host_nms.gather_top_k(ind, tags)
-  return group(val_k, loc_k, tag_k, det, tags, dslabs, tbuf, joint_order,
-               detection_threshold, tag_threshold, use_detection_val, ignore_too_much,
-               max_num_people, adjust, refine, parallel_min_work)
+def parse_host(det, tags, h, w, joint_order, detection_threshold, tag_threshold,
+               use_detection_val, ignore_too_much, max_num_people, padding, adjust, refine):
+  """NMS, top-k and `group` on the valid [:h, :w] region of host maps (see `parse`)."""
+  val_k, ind, finite = host_nms.nms_top_k_host(det, h, w, padding, max_num_people)
+  if not finite:
+    return np.zeros((0, det.shape[2], 3 + tags.shape[3]), np.float32), np.zeros(
+        0, np.float32), NON_FINITE_HEATMAPS
+  loc_k, tag_k = host_nms.gather_top_k(ind, tags, w)
+  for v in tag_k.ravel():
+    if not np.isfinite(v):  # the matching's costs must be finite to terminate
+      return np.zeros((0, det.shape[2], 3 + tags.shape[3]), np.float32), np.zeros(
+          0, np.float32), NON_FINITE_TAGS
+  return group(val_k, loc_k, tag_k, det, tags, h, w, joint_order, detection_threshold,
+               tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust,
+               refine)

@@ -19,8 +19,10 @@ caller can group batch n on the host while the device runs batch n + 1
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -124,6 +126,8 @@ class Predictor:
     self.timings = {'network': 0.0, 'aggregation': 0.0, 'grouping': 0.0, 'compile': 0.0,
                     'images': 0}
     self._compiled: set[str] = set()
+    self._host_threads = os.cpu_count() or 1
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
   def set_variables(self, variables) -> None:
     """Swaps in new weights of the same model (no recompilation, unless they are compiled in)."""
@@ -222,36 +226,49 @@ class Predictor:
 
   def collect(self, flight: _InFlight, adjust: bool | None = None,
               refine: bool | None = None) -> list[Prediction]:
-    """Groups a dispatched batch on the host and maps people back to image pixels."""
+    """Groups a dispatched batch on the host and maps people back to image pixels.
+
+    Each image is grouped on its valid region of the batch's padded maps (no copy); the
+    images of a batch are grouped in parallel threads (the kernels release the GIL).
+    """
     adjust = self.config.test.adjust if adjust is None else adjust
     refine = self.config.test.refine if refine is None else refine
     n = len(flight.inputs)
-    final = np.asarray(flight.final)[:n]
-    tags = np.asarray(flight.tags)[:n]
-    if flight.top_k is not None:
-      val_k, loc_k, tag_k = (np.asarray(a)[:n] for a in flight.top_k)
-    results = []
-    seconds = 0.0
-    for b, inp in enumerate(flight.inputs):
-      h, w = flight.base_hw[b]
-      # A crop of the padded maps is copied (writeable) by the grouping unless it is
-      # contiguous already; numba compiles the two cases apart.
-      writeable = w != final.shape[2] or final.flags.writeable
-      self._warm_up_grouping(writeable, top_k=flight.top_k is not None, num_tags=tags.shape[-1])
-      t0 = time.perf_counter()
-      if flight.top_k is None:
-        poses, scores = grouping.parse(final[b, :h, :w], tags[b, :h, :w], self.grouping,
-                                       adjust=adjust, refine=refine)
+    final = np.asarray(flight.final)
+    tags = np.asarray(flight.tags)
+    top_k = None if flight.top_k is None else tuple(np.asarray(a) for a in flight.top_k)
+    # Numba compiles one version for writeable maps and one for read-only ones (host views
+    # of device buffers).
+    self._warm_up_grouping(final.flags.writeable, top_k=top_k is not None,
+                           num_tags=tags.shape[-1])
+
+    def one(b: int) -> Prediction:
+      inp = flight.inputs[b]
+      hw = tuple(int(v) for v in flight.base_hw[b])
+      if top_k is None:
+        poses, scores = grouping.parse(final[b], tags[b], self.grouping, adjust=adjust,
+                                       refine=refine, valid_hw=hw)
       else:
-        poses, scores = grouping.parse_top_k(val_k[b], loc_k[b], tag_k[b], final[b, :h, :w],
-                                             tags[b, :h, :w], self.grouping, adjust=adjust,
-                                             refine=refine)
+        poses, scores = grouping.parse_top_k(*(a[b] for a in top_k), final[b], tags[b],
+                                             self.grouping, adjust=adjust, refine=refine,
+                                             valid_hw=hw)
       poses = transforms.get_final_preds(poses, inp.center, inp.scale, inp.base_size)
-      seconds += time.perf_counter() - t0
-      results.append(Prediction(poses, scores))
-    self.timings['grouping'] += seconds
+      return Prediction(poses, scores)
+
+    t0 = time.perf_counter()
+    if n > 1 and self._host_threads > 1:
+      results = list(self._host_pool().map(one, range(n)))
+    else:
+      results = [one(b) for b in range(n)]
+    self.timings['grouping'] += time.perf_counter() - t0
     self.timings['images'] += n
     return results
+
+  def _host_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self._host_threads,
+                                                         thread_name_prefix='grouping')
+    return self._pool
 
   def __call__(self, image: np.ndarray) -> Prediction:
     """Predicts the people in one RGB uint8 image of any size."""
