@@ -1,9 +1,10 @@
 """Fixture weights for benchmarks: the official fixtures' deterministic state-dict recipe.
 
 The W32/W48 reference weights are not stored; the fixture README (section 3) defines them
-by a per-key recipe (crc32-seeded normal draws, float64 formulas). The model-parity test
-module already implements that recipe (and checks it bit for bit against the stored tiny
-state dict), so it is loaded from there by path rather than written a second time. The
+by a per-key recipe (crc32-seeded normal draws, float64 formulas). The tests' helper
+`tests/official_recipe.py` implements that recipe (the parity tests check it bit for bit
+against the stored tiny state dict), so it is loaded from there by path rather than written
+a second time. The
 tiny model's state dict is stored and read directly.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from higherhrnet_jax import convert
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-RECIPE_MODULE = REPO / 'tests' / 'models' / 'test_official_parity.py'
+RECIPE_MODULE = REPO / 'tests' / 'official_recipe.py'
 DEFAULT_FIXTURES = REPO.parent / 'shared' / 'fixtures' / 'official'
 
 # First-branch width of stage 4 -> fixture name.
@@ -26,7 +27,7 @@ _BY_WIDTH = {32: 'w32', 48: 'w48', 8: 'tiny'}
 def _recipe_fn():
   if not RECIPE_MODULE.is_file():
     raise FileNotFoundError(f'recipe implementation not found: {RECIPE_MODULE}')
-  spec = importlib.util.spec_from_file_location('_official_parity_recipe', RECIPE_MODULE)
+  spec = importlib.util.spec_from_file_location('_official_recipe', RECIPE_MODULE)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.recipe_state_dict

@@ -1,0 +1,34 @@
+"""The inference benchmark runs end to end and checks its pipeline against the baseline.
+
+`bench/inference.py` refuses to time a grouping whose output differs from the NumPy +
+munkres rendering of the official parser, so a run that completes with
+`identical_output: true` is itself a parity check on real images (tiny model, oracle
+outputs: the COCO sample's ground truth rendered as a trained network's maps).
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_oracle_run_on_the_tiny_model(tmp_path, coco_sample_dir):
+  pytest.importorskip('munkres')
+  out = tmp_path / 'inference.json'
+  cmd = [sys.executable, str(REPO / 'bench' / 'inference.py'), '--config',
+         str(REPO / 'configs' / 'tiny.py'), '--data', str(coco_sample_dir), '--outputs',
+         'oracle', '--images', '2', '--baseline-images', '2', '--scales', '1', '--repeats',
+         '1', '--out', str(out)]
+  run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report['identical_output'] is True
+  assert report['images'] == 2 and report['outputs'] == 'oracle'
+  people = [p['people'] for p in report['runs'][0]['per_image']]
+  assert people == [1, 2], people  # the annotated people of the first two sample images
+  for key in ('network_ms', 'aggregation_ms', 'grouping_ms', 'baseline_grouping_ms'):
+    assert report[key] > 0, key
