@@ -5,11 +5,12 @@ For each test-scale set (default: single scale [1] and multi-scale [2, 1, 0.5]) 
 stage (`profile=True`) so time is attributed to it:
 
 * network: normalisation, flip batch and the forward pass (jitted);
-* aggregation: stage fusion, flip averaging, projection, multi-scale aggregation (jitted),
-  then NMS and top-k (jitted) when the predictor runs them on the device;
-* grouping: tag matching, adjust, refine (numba, host) and the map to image pixels, plus
-  NMS and top-k (numba) when the predictor leaves them to the host (its CPU choice). The
-  JSON's `nms_top_k_in` says which stage held them.
+* aggregation: stage fusion, flip averaging, projection, multi-scale aggregation (jitted);
+* grouping: everything after that: NMS + top-k, tag matching, adjust, refine and the map
+  to image pixels. With `test.grouping_on` = host (the CPU default) all of it runs on the
+  host (numba) on the maps; with device (the accelerator default; `--grouping-on device`)
+  NMS + top-k and refine's scans run jitted on the device and only matching on the host.
+  The JSON's `grouping_on` says which.
 
 The baseline is the NumPy + munkres 1.1.4 rendering of the official parser from
 `bench/grouping.py` (NMS, top-k, `match_by_tag`, adjust, refine on the host), run on the
@@ -116,20 +117,13 @@ def _ms(seconds: float) -> float:
 
 
 def _maps(flight, top_k_fn, b: int = 0):
-  """Aggregated maps and top-k of image `b` of a dispatched batch (numpy).
-
-  The predictor runs NMS + top-k on accelerators itself; on a CPU backend it leaves them
-  to the host `parse`, and `top_k_fn` (the jitted device version) supplies them here, so
-  the device-split path (`parse_top_k`) is checked too.
-  """
+  """Aggregated maps (copied to the host, for the checks) and top-k of image `b` of a
+  dispatched batch; `top_k_fn` (the jitted device NMS + top-k) supplies the latter, so that
+  `parse_top_k` is checked too."""
   h, w = flight.base_hw[b]
   final = np.asarray(flight.final)[b, :h, :w]
   tags = np.asarray(flight.tags)[b, :h, :w]
-  if flight.top_k is not None:
-    top_k = tuple(np.asarray(a)[b] for a in flight.top_k)
-  else:
-    top_k = tuple(np.asarray(a) for a in top_k_fn(final, tags))
-  return final, tags, top_k
+  return final, tags, tuple(np.asarray(a) for a in top_k_fn(final, tags))
 
 
 def _same(a, b) -> bool:
@@ -192,9 +186,9 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
     before = dict(predictor.timings)
     t0 = time.perf_counter()
     flight = predictor.dispatch([inp], profile=True)
-    predictor.collect(flight)
+    found = predictor.collect(flight)[0]
     wall = time.perf_counter() - t0
-    return flight, {k: predictor.timings[k] - before[k] for k in STAGES[:3]}, wall
+    return flight, found, {k: predictor.timings[k] - before[k] for k in STAGES[:3]}, wall
 
   prepare_s, inputs = [], []
   for img in images:
@@ -212,21 +206,22 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
   spec = grouping.GroupingSpec.from_config(config)
   for i, (name, inp) in enumerate(zip(names, inputs)):
     t0 = time.perf_counter()
-    flight, _, _ = pipeline(i)
+    flight, found, _, _ = pipeline(i)
     warmup_s += time.perf_counter() - t0
-    top_k_stage = 'grouping' if flight.top_k is None else 'aggregation'
     final, tags, (val_k, loc_k, tag_k) = _maps(flight, top_k_fn)
     maps.append((final, tags))
-    piped = grouping.parse_top_k(val_k, loc_k, tag_k, final, tags, spec)
+    split = grouping.parse_top_k(val_k, loc_k, tag_k, final, tags, spec)
     parsed = grouping.parse(final, tags, spec)
-    ok = _same(piped, parsed)
+    # The pipeline's people (host or device grouping, in image pixels) against `parse`.
+    in_image = transforms.get_final_preds(parsed[0], inp.center, inp.scale, inp.base_size)
+    ok = _same(split, parsed) and _same((found.poses, found.scores), (in_image, parsed[1]))
     if i < baseline_images:
       t0 = time.perf_counter()
       base = _baseline.baseline_parse(final, tags, config)
       samples['baseline_grouping'][i].append(time.perf_counter() - t0)
-      ok = ok and _same(piped, base)
+      ok = ok and _same(parsed, base)
     checks.append(dict(image=name, identical=ok, baseline_checked=i < baseline_images,
-                       people=int(piped[0].shape[0]), candidates=int((val_k > thr).sum()),
+                       people=int(parsed[0].shape[0]), candidates=int((val_k > thr).sum()),
                        heatmap_std=float(final.std()), base_hw=[int(v) for v in final.shape[:2]],
                        input_hw=[list(im.shape[:2]) for im in inp.images]))
     if not ok and not allow_mismatch:
@@ -236,7 +231,7 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
   wall = [[] for _ in inputs]
   for r in range(repeats):
     for i in range(len(inputs)):  # interleaved, so load changes hit every method alike
-      _, split, total = pipeline(i)
+      _, _, split, total = pipeline(i)
       for k, v in split.items():
         samples[k][i].append(v)
       wall[i].append(total)
@@ -257,7 +252,7 @@ def run_scale_set(config_path, overrides, scales, variables, images, names, repe
       'scales': list(scales),
       'images': len(inputs),
       'repeats': repeats,
-      'nms_top_k_in': top_k_stage,
+      'grouping_on': predictor.grouping_on,
       'baseline_images': nb,
       'baseline_repeats': baseline_repeats,
       'network_ms': mean_ms['network'],
@@ -320,9 +315,9 @@ def print_table(runs) -> None:
           f'host resize {r["prepare_ms"]:.1f} ms/image; medians of {r["repeats"]} interleaved '
           f'runs (baseline: {r["baseline_repeats"]} on the first {r["baseline_images"]} '
           f'image(s)); identical output: {r["identical_output"]}')
-  where = runs[0]['nms_top_k_in']
+  where = runs[0]['grouping_on']
   print(f'ms per image. aggreg: flip/stage/scale aggregation (jitted). grouping: matching + '
-        f'adjust + refine + map to image (numba, host). NMS + top-k ran in: {where}. munkres: '
+        f'adjust + refine + map to image, NMS + top-k included; grouping_on: {where}. munkres: '
         'NumPy + munkres 1.1.4 baseline incl. its own NMS/top-k, on the same maps; x = munkres '
         '/ grouping (mean row: over the baseline images). parse: our one-call host parse incl. '
         'numba NMS/top-k (the same work as the baseline). post% = (aggreg + grouping) / '
@@ -359,6 +354,8 @@ def main() -> None:
                        '(the network still runs and is timed)')
   ap.add_argument('--annotations', type=pathlib.Path, default=None,
                   help='COCO keypoint JSON for --outputs oracle (default: DATA/test_coco.json)')
+  ap.add_argument('--grouping-on', choices=('auto', 'host', 'device'), default='auto',
+                  help='test.grouping_on: where NMS, top-k and refine scans run')
   ap.add_argument('--allow-mismatch', action='store_true',
                   help='time even if the baseline output differs (recorded in the JSON)')
   ap.add_argument('--out', type=pathlib.Path, default=DEFAULT_OUT)
@@ -395,7 +392,8 @@ def main() -> None:
   runs = []
   for scales in scale_sets:
     n = args.images if len(scales) == 1 else args.ms_images
-    runs.append(run_scale_set(args.config, args.override, scales, variables, images[:n],
+    runs.append(run_scale_set(args.config, [*args.override, f'test.grouping_on={args.grouping_on}'],
+                              scales, variables, images[:n],
                               names[:n], args.repeats, args.baseline_images, args.baseline_repeats,
                               args.allow_mismatch, None if people is None else people[:n]))
 

@@ -129,6 +129,11 @@ def base_config() -> ConfigDict:
           # XLA:CPU's Eigen convolutions (W32-512 forward 1.9x faster); new weights then
           # recompile. Off by default: the last bits of the outputs change.
           weights_in_program=False,
+          # Where NMS, top-k and refine's scans run: 'device' keeps the full-resolution maps
+          # where the network computed them and sends only candidates and per-person results
+          # to the host; 'host' copies the maps and runs everything there with numba (faster
+          # when the device is the CPU). 'auto': host on a CPU backend, else device.
+          grouping_on='auto',
       )
   )
   return c
@@ -199,3 +204,5 @@ def validate(c: ConfigDict) -> None:
   require(len(c.test.scale_factor) == 1 or 1.0 in tuple(c.test.scale_factor), 'test.scale_factor',
            'several scales must include 1 (tags are taken at scale 1, as in the official test loop)')
   require(c.dataset.name in ('coco', 'crowdpose'), 'dataset.name', "'coco' or 'crowdpose'")
+  require(c.test.grouping_on in ('auto', 'host', 'device'), 'test.grouping_on',
+          "'auto', 'host' or 'device'")

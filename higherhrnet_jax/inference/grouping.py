@@ -279,33 +279,21 @@ def parse(heatmaps: np.ndarray, tags: np.ndarray, spec: GroupingSpec, adjust: bo
   return _checked(poses, scores, status)
 
 
-def warm_up(spec: GroupingSpec, num_tags: int, *, top_k: bool = False,
-            writeable_maps: bool = True) -> None:
-  """Compiles a host entry point (or loads it from numba's cache) on a one-person frame.
+def warm_up(spec: GroupingSpec, num_tags: int, *, writeable_maps: bool = True) -> None:
+  """Compiles the host entry points (or loads them from numba's cache) on a one-person frame.
 
   The first call of each entry point pays this one-off cost; an evaluation calls this first
   so that the grouping time it reports per image is the grouping's own. Numba compiles one
   version for writeable maps and one for read-only ones (e.g. views of device arrays), so
-  `writeable_maps` picks the one to prepare. `top_k`: `parse_top_k` (top-k arrays as they
-  come back from the device: values and tags read-only) instead of `parse`.
+  `writeable_maps` picks the one to prepare.
   """
   k = len(spec.joint_order)
   heatmaps = np.zeros((8, 8, k), np.float32)
   joints = np.arange(k)
   ys, xs = joints % 8, (joints * 3) % 8
   heatmaps[ys, xs, joints] = 1.0
+  heatmaps[ys[:2], xs[:2], joints[:2]] = 0.0  # missing joints: refine scans
   tags = np.zeros((8, 8, k, num_tags), np.float32)
   for a in (heatmaps, tags):
     a.setflags(write=writeable_maps)
-  if not top_k:
-    parse(heatmaps, tags, spec, adjust=True, refine=True)
-    return
-  m = spec.max_num_people
-  val_k = np.zeros((k, m), np.float32)
-  val_k[:, 0] = 1.0
-  loc_k = np.zeros((k, m, 2), np.int32)
-  loc_k[:, 0] = np.stack([xs, ys], axis=-1)
-  tag_k = np.zeros((k, m, num_tags), np.float32)
-  for a in (val_k, tag_k):
-    a.setflags(write=False)
-  parse_top_k(val_k, loc_k, tag_k, heatmaps, tags, spec, adjust=True, refine=True)
+  parse(heatmaps, tags, spec, adjust=True, refine=True)

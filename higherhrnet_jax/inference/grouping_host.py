@@ -264,6 +264,48 @@ def tags_finite(tags, h, w):
 
 
 @njit
+def refine_scans(poses):
+  """The scans refine needs: (person, joint) of every missing joint (score exactly 0), and
+  each person's mean tag `prevs` [P, T] (float32, NumPy's order) over its present joints.
+
+  The official code reads those tags from the maps at the joints' integer peaks, which is
+  where the matching took them from: they are the poses' own tag columns.
+  """
+  npeople, nj = poses.shape[:2]
+  nt = poses.shape[2] - 3
+  rows = np.empty((nj, nt), np.float32)
+  prevs = np.zeros((npeople, nt), np.float32)
+  scan_p = np.empty(npeople * nj, np.int64)
+  scan_j = np.empty(npeople * nj, np.int64)
+  ns = 0
+  for p in range(npeople):
+    cnt = 0
+    for j in range(nj):
+      if poses[p, j, 2] > 0:
+        rows[cnt, :] = poses[p, j, 3:]
+        cnt += 1
+    if cnt == 0:
+      continue  # only reachable with a negative detection threshold
+    numpy_order.mean_rows_f32(rows, cnt, prevs[p])
+    for j in range(nj):
+      if poses[p, j, 2] == 0:
+        scan_p[ns] = p
+        scan_j[ns] = j
+        ns += 1
+  return scan_p[:ns].copy(), scan_j[:ns].copy(), prevs
+
+
+@njit
+def fill_joint(poses, p, j, x, y, val, left, right, up, down):
+  """Refine's fill of joint j of person p at its best pixel (x, y), given the det value
+  there and at the four neighbours (clipped to the map): only a positive peak is taken."""
+  if val > 0:
+    poses[p, j, 0] = np.float32(x + 0.5 + _shift(left, right))
+    poses[p, j, 1] = np.float32(y + 0.5 + _shift(up, down))
+    poses[p, j, 2] = val
+
+
+@njit
 def _refine(poses, det, tags, h, w):
   """Official `refine`: fills missing joints (score exactly 0) at the best tag-consistent peak.
 
@@ -275,28 +317,8 @@ def _refine(poses, det, tags, h, w):
   of scans; the same pass checks that the tags are finite (returned).
   """
   hp, wp, nj, nt = tags.shape
-  npeople = poses.shape[0]
-  rows = np.empty((nj, nt), np.float32)
-  prevs = np.empty((npeople, nt), np.float32)
-  scan_p = np.empty(npeople * nj, np.int64)
-  scan_j = np.empty(npeople * nj, np.int64)
-  ns = 0
-  for p in range(npeople):
-    cnt = 0
-    for j in range(nj):
-      if poses[p, j, 2] > 0:
-        x = np.int32(poses[p, j, 0])
-        y = np.int32(poses[p, j, 1])
-        rows[cnt, :] = tags[y, x, j, :]
-        cnt += 1
-    if cnt == 0:
-      continue  # only reachable with a negative detection threshold
-    numpy_order.mean_rows_f32(rows, cnt, prevs[p])
-    for j in range(nj):
-      if poses[p, j, 2] == 0:
-        scan_p[ns] = p
-        scan_j[ns] = j
-        ns += 1
+  scan_p, scan_j, prevs = refine_scans(poses)
+  ns = scan_p.shape[0]
   if ns == 0:
     return tags_finite(tags, h, w)
   best_val = np.full(ns, -np.inf, np.float32)
@@ -336,17 +358,12 @@ def _refine(poses, det, tags, h, w):
     bi = best_idx[s]
     if bi < 0:
       continue
-    p = scan_p[s]
-    j = scan_j[s]
     by = bi // w
     bx = bi % w
-    val = det[by, bx, j]
-    if val > 0:
-      dx = _shift(det[by, max(bx - 1, 0), j], det[by, min(bx + 1, w - 1), j])
-      dy = _shift(det[max(by - 1, 0), bx, j], det[min(by + 1, h - 1), bx, j])
-      poses[p, j, 0] = np.float32(bx + 0.5 + dx)
-      poses[p, j, 1] = np.float32(by + 0.5 + dy)
-      poses[p, j, 2] = val
+    j = scan_j[s]
+    fill_joint(poses, scan_p[s], j, bx, by, det[by, bx, j], det[by, max(bx - 1, 0), j],
+               det[by, min(bx + 1, w - 1), j], det[max(by - 1, 0), bx, j],
+               det[min(by + 1, h - 1), bx, j])
   return True
 
 
@@ -389,3 +406,49 @@ def parse_host(det, tags, h, w, joint_order, detection_threshold, tag_threshold,
   return group(val_k, loc_k, tag_k, det, tags, h, w, joint_order, detection_threshold,
                tag_threshold, use_detection_val, ignore_too_much, max_num_people, adjust,
                refine)
+
+
+# ------------------------------------------------------- the host half of device grouping
+
+
+@njit
+def _adjust_from_neighbours(poses, loc_k, neighbours):
+  """`_adjust` with the det values around each candidate gathered on the device
+  (neighbours [K, M, 4]: left, right, up, down, clipped to the map)."""
+  for p in range(poses.shape[0]):
+    for j in range(poses.shape[1]):
+      if poses[p, j, 2] > 0:
+        x = int(poses[p, j, 0])
+        y = int(poses[p, j, 1])
+        for c in range(loc_k.shape[1]):
+          if loc_k[j, c, 0] == x and loc_k[j, c, 1] == y:
+            nb = neighbours[j, c]
+            poses[p, j, 0] = np.float32(poses[p, j, 0] + _shift(nb[0], nb[1])) + np.float32(0.5)
+            poses[p, j, 1] = np.float32(poses[p, j, 1] + _shift(nb[2], nb[3])) + np.float32(0.5)
+            break
+
+
+@njit(nogil=True)
+def group_candidates(val_k, loc_k, tag_k, neighbours, joint_order, detection_threshold,
+                     tag_threshold, use_detection_val, ignore_too_much, max_num_people,
+                     adjust):
+  """Matching, adjust and scores from the device's candidates alone: no map is read."""
+  poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
+                                tag_threshold, use_detection_val, ignore_too_much,
+                                max_num_people)
+  if status != OK:
+    return poses, np.zeros(0, np.float32), status
+  if adjust:
+    _adjust_from_neighbours(poses, loc_k, neighbours)
+  return poses, person_scores(poses), OK
+
+
+@njit(nogil=True)
+def fill_from_scans(poses, scan_p, scan_j, best_x, best_y, best_det):
+  """Refine's fills from the device's scans: best_x, best_y [P', K] and best_det [P', K, 5]
+  (det at the pixel, then left, right, up, down)."""
+  for s in range(scan_p.shape[0]):
+    p = scan_p[s]
+    j = scan_j[s]
+    d = best_det[p, j]
+    fill_joint(poses, p, j, best_x[p, j], best_y[p, j], d[0], d[1], d[2], d[3], d[4])

@@ -32,6 +32,7 @@ import numpy as np
 
 from higherhrnet_jax import models
 from higherhrnet_jax.inference import grouping
+from higherhrnet_jax.inference import grouping_device
 from higherhrnet_jax.inference import outputs as outputs_lib
 from higherhrnet_jax.inference import transforms
 from higherhrnet_jax.training import sharding
@@ -80,7 +81,7 @@ class _InFlight:
   inputs: list[transforms.TestInput]
   final: jax.Array
   tags: jax.Array
-  top_k: tuple[jax.Array, jax.Array, jax.Array] | None
+  candidates: tuple[jax.Array, ...] | None  # device grouping's candidates
   base_hw: np.ndarray
   t_dispatch: float
 
@@ -115,11 +116,11 @@ class Predictor:
     self._aggregate = jax.jit(functools.partial(outputs_lib.aggregate_outputs, self.spec),
                               static_argnames=('input_shapes', 'base_shape'))
     t = config.test
-    self._device_top_k = self.mesh.devices.flat[0].platform != 'cpu'
-    self._top_k = jax.jit(functools.partial(
-        grouping.nms_top_k, kernel=int(t.nms_kernel), padding=int(t.nms_padding),
-        k=int(config.data.max_num_people)))
     self.grouping = grouping.GroupingSpec.from_config(config)
+    on_cpu = self.mesh.devices.flat[0].platform == 'cpu'
+    self.grouping_on = ('host' if on_cpu else 'device') if t.grouping_on == 'auto' else str(
+        t.grouping_on)
+    self._device_grouping = grouping_device.DeviceGrouping(self.grouping)
     if float(t.detection_threshold) <= 0:
       # Padded maps hold zeros that would then compete with real candidates.
       raise ValueError('test.detection_threshold: must be > 0 for padded batches')
@@ -177,18 +178,23 @@ class Predictor:
     if self._compile('aggregation', self._aggregate, outs, flips, input_hw, **aggregate_args):
       t0 = time.perf_counter()
     final, tags = self._aggregate(outs, flips, input_hw, **aggregate_args)
-    top_k = None
-    if self._device_top_k:
+    cands = None
+    if self.grouping_on == 'device':
       if profile:
         jax.block_until_ready((final, tags))
         self.timings['aggregation'] += time.perf_counter() - t0
-      self._compile('top_k', self._top_k, final, tags)
-      t0 = time.perf_counter()
-      top_k = self._top_k(final, tags)
-    if profile:
-      jax.block_until_ready((final, tags, top_k))
+        t0 = time.perf_counter()
+      candidates = self._device_grouping.candidates
+      if self._compile('candidates', candidates, final, tags, base_hw):
+        t0 = time.perf_counter()
+      cands = candidates(final, tags, base_hw)
+      if profile:
+        jax.block_until_ready(cands)
+        self.timings['grouping'] += time.perf_counter() - t0
+    elif profile:
+      jax.block_until_ready((final, tags))
       self.timings['aggregation'] += time.perf_counter() - t0
-    return _InFlight(inputs, final, tags, top_k, bucket['base_hw'][:n], time.perf_counter())
+    return _InFlight(inputs, final, tags, cands, bucket['base_hw'][:n], time.perf_counter())
 
   def _compile(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
     """Compiles jitted `fn` for these arguments' shapes once, timed apart; True if it did.
@@ -216,42 +222,46 @@ class Predictor:
       self._programs[key] = program
     return program
 
-  def _warm_up_grouping(self, writeable: bool, top_k: bool, num_tags: int) -> None:
-    key = f'grouping(writeable={writeable}, top_k={top_k})'
+  def _warm_up_grouping(self, writeable: bool, num_tags: int) -> None:
+    key = f'grouping(writeable={writeable})'
     if key not in self._compiled:
       t0 = time.perf_counter()
-      grouping.warm_up(self.grouping, num_tags, top_k=top_k, writeable_maps=writeable)
+      grouping.warm_up(self.grouping, num_tags, writeable_maps=writeable)
       self.timings['compile'] += time.perf_counter() - t0
       self._compiled.add(key)
 
   def collect(self, flight: _InFlight, adjust: bool | None = None,
               refine: bool | None = None) -> list[Prediction]:
-    """Groups a dispatched batch on the host and maps people back to image pixels.
+    """Groups a dispatched batch and maps people back to image pixels.
 
-    Each image is grouped on its valid region of the batch's padded maps (no copy); the
-    images of a batch are grouped in parallel threads (the kernels release the GIL).
+    Host grouping reads each image's valid region of the batch's padded maps (no copy);
+    device grouping fetches only the candidates and refine's per-person results. Either
+    way the images of a batch are grouped in parallel threads (the kernels release the GIL).
     """
     adjust = self.config.test.adjust if adjust is None else adjust
     refine = self.config.test.refine if refine is None else refine
     n = len(flight.inputs)
-    final = np.asarray(flight.final)
-    tags = np.asarray(flight.tags)
-    top_k = None if flight.top_k is None else tuple(np.asarray(a) for a in flight.top_k)
-    # Numba compiles one version for writeable maps and one for read-only ones (host views
-    # of device buffers).
-    self._warm_up_grouping(final.flags.writeable, top_k=top_k is not None,
-                           num_tags=tags.shape[-1])
+    if flight.candidates is None:
+      final = np.asarray(flight.final)
+      tags = np.asarray(flight.tags)
+      # Numba compiles one version for writeable maps and one for read-only ones (host
+      # views of device buffers).
+      self._warm_up_grouping(final.flags.writeable, num_tags=tags.shape[-1])
+    else:
+      cands = [np.asarray(a) for a in flight.candidates]
+      final, tags = _per_image(flight.final), _per_image(flight.tags)
+      self._warm_up_device_grouping(final, tags)
 
     def one(b: int) -> Prediction:
       inp = flight.inputs[b]
       hw = tuple(int(v) for v in flight.base_hw[b])
-      if top_k is None:
+      if flight.candidates is None:
         poses, scores = grouping.parse(final[b], tags[b], self.grouping, adjust=adjust,
                                        refine=refine, valid_hw=hw)
       else:
-        poses, scores = grouping.parse_top_k(*(a[b] for a in top_k), final[b], tags[b],
-                                             self.grouping, adjust=adjust, refine=refine,
-                                             valid_hw=hw)
+        poses, scores = self._device_grouping.finish(tuple(a[b] for a in cands), final[b],
+                                                     tags[b], hw, adjust=adjust,
+                                                     refine=refine)
       poses = transforms.get_final_preds(poses, inp.center, inp.scale, inp.base_size)
       return Prediction(poses, scores)
 
@@ -263,6 +273,16 @@ class Predictor:
     self.timings['grouping'] += time.perf_counter() - t0
     self.timings['images'] += n
     return results
+
+  def _warm_up_device_grouping(self, final: list[jax.Array], tags: list[jax.Array]) -> None:
+    """Compiles the host matching and the refine scans of the smallest person bucket."""
+    key = 'device grouping' + _signature(final[0], tags[0])
+    if key in self._compiled:
+      return
+    t0 = time.perf_counter()
+    self._device_grouping.warm_up(final[0], tags[0])
+    self.timings['compile'] += time.perf_counter() - t0
+    self._compiled.add(key)
 
   def _host_pool(self) -> concurrent.futures.ThreadPoolExecutor:
     if self._pool is None:
@@ -307,6 +327,18 @@ class Predictor:
       yield from done
     if pending is not None:
       yield from zip(pending[0], self.collect(pending[1]))
+
+
+def _per_image(batch: jax.Array) -> list[jax.Array]:
+  """The images of a device batch, each read from the device that holds it (a batch split
+  over several devices is not gathered)."""
+  out: list[Any] = [None] * batch.shape[0]
+  for shard in batch.addressable_shards:
+    start = shard.index[0].start or 0
+    for i in range(shard.data.shape[0]):
+      if start + i < len(out) and out[start + i] is None:
+        out[start + i] = shard.data[i]
+  return out
 
 
 _CACHE: dict[str, list] = {}  # config JSON -> [Predictor, leaves of its weights]

@@ -1,4 +1,4 @@
-"""The inference benchmark runs end to end and checks its pipeline against the baseline.
+"""The inference benchmarks run end to end and check their pipelines against references.
 
 `bench/inference.py` refuses to time a grouping whose output differs from the NumPy +
 munkres rendering of the official parser, so a run that completes with
@@ -32,3 +32,18 @@ def test_oracle_run_on_the_tiny_model(tmp_path, coco_sample_dir):
   assert people == [1, 2], people  # the annotated people of the first two sample images
   for key in ('network_ms', 'aggregation_ms', 'grouping_ms', 'baseline_grouping_ms'):
     assert report[key] > 0, key
+
+
+def test_accelerator_script_runs_on_the_cpu(tmp_path):
+  """bench/gpu.py (what bench/gpu.sh runs on a GPU) keeps working on a CPU with the same
+  entry point: its evaluation part, where both grouping paths must agree exactly."""
+  out = tmp_path / 'gpu.json'
+  cmd = [sys.executable, str(REPO / 'bench' / 'gpu.py'), '--quick', '--images', '2', '--skip',
+         'forward,train_step', '--out', str(out)]
+  run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert [r['images'] for r in report['evaluation']] == ['coco_sample', 'synthetic_512']
+  for row in report['evaluation']:
+    assert row['identical_to_other_path'] is True, row
+    assert row['images_per_s'] > 0 and row['people_per_image'] > 0

@@ -208,3 +208,22 @@ def test_weights_in_program_gives_the_same_maps_and_follows_new_weights(setup):
   reference_other = Predictor(config, other)
   (want_hm, _), (got_hm, _) = maps(reference_other), maps(baked)
   assert_close_to_scale(got_hm, want_hm, 1e-5)
+
+
+def test_device_grouping_gives_the_host_results(setup):
+  """`test.grouping_on=device` (the accelerator default: maps stay on the device, only
+  candidates and refine's results reach the host) against the host path, batched over
+  images of different sizes in one padded batch: the same people, exactly."""
+  config, variables, host_predictor, images = setup
+  on_device = config_lib.validate(config_lib.apply_overrides(
+      config.copy_and_resolve_references(), ['test.grouping_on=device']))
+  device_predictor = Predictor(on_device, variables)
+  assert host_predictor.grouping_on == 'host' and device_predictor.grouping_on == 'device'
+  inputs = [device_predictor.prepare(im) for im in images[:3]]
+  got = device_predictor.collect(device_predictor.dispatch(inputs))
+  want = host_predictor.collect(host_predictor.dispatch(inputs))
+  assert sum(len(p.scores) for p in want) > 0
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g.poses, w.poses)
+    np.testing.assert_array_equal(g.scores, w.scores)
+  assert device_predictor.timings['compile'] > 0  # refine scans compiled ahead, timed apart

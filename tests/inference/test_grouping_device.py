@@ -1,0 +1,90 @@
+"""The device-split grouping (dense work jitted, matching on the host) against the official
+fixtures and the host path.
+
+Exact throughout: the device computes the same float32 operations in the same order as
+the official NumPy code (squares rounded on their own, first maximum in row-major order),
+so people, order and scores must be identical, not close.
+"""
+
+import numpy as np
+import pytest
+
+from higherhrnet_jax.config import base_config
+from higherhrnet_jax.inference import grouping, grouping_device
+
+MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
+
+
+@pytest.fixture(scope='module')
+def scenes(fixtures_dir):
+  z = np.load(fixtures_dir / 'grouping.npz')
+  out = []
+  for s in range(int(z['num_scenes'])):
+    p = f's{s:02d}_'
+    d = {k[len(p):]: z[k] for k in z.files if k.startswith(p) and '_gen_' not in k}
+    d['hm'] = np.ascontiguousarray(d['det'][0].transpose(1, 2, 0))
+    d['tg'] = np.ascontiguousarray(d['tag'][0].transpose(1, 2, 0, 3))
+    out.append(d)
+  return out
+
+
+@pytest.fixture(scope='module')
+def device():
+  return grouping_device.DeviceGrouping(grouping.GroupingSpec.from_config(base_config()))
+
+
+@pytest.mark.parametrize('mode', sorted(MODES))
+def test_device_split_parity_all_scenes(scenes, device, mode):
+  adjust, refine = MODES[mode]
+  for i, d in enumerate(scenes):
+    poses, scores = device.parse(d['hm'], d['tg'], adjust=adjust, refine=refine)
+    np.testing.assert_array_equal(poses, d[f'grouped_{mode}'], err_msg=f'scene {i}')
+    np.testing.assert_array_equal(scores, d[f'scores_{mode}'], err_msg=f'scene {i}')
+
+
+def test_padded_maps_and_one_tag_channel(scenes, device):
+  """Zero padding beyond the valid region (as the predictor's batches) and T = 1 (no flip
+  test): the same people as the host path on the crop."""
+  spec = device.spec
+  for i in (3, 10, 15):
+    d = scenes[i]
+    h, w, k = d['hm'].shape
+    for tg in (d['tg'], np.ascontiguousarray(d['tg'][..., :1])):
+      hm = np.zeros((h + 6, w + 10, k), np.float32)
+      tp = np.zeros((h + 6, w + 10, k, tg.shape[3]), np.float32)
+      hm[:h, :w], tp[:h, :w] = d['hm'], tg
+      ours = device.parse(hm, tp, valid_hw=(h, w))
+      ref = grouping.parse(d['hm'], tg, spec)
+      np.testing.assert_array_equal(ours[0], ref[0], err_msg=f'scene {i}')
+      np.testing.assert_array_equal(ours[1], ref[1], err_msg=f'scene {i}')
+
+
+def test_tied_maps_keep_the_first_maximum(device):
+  """Quantised peaks on a zero background with equal tags: refine's argmax ties everywhere
+  and the first pixel in row-major order must win on the device too."""
+  rng = np.random.default_rng(7)
+  h, w, k = 24, 40, 17
+  yy, xx = np.mgrid[0:h, 0:w]
+  for people in (1, 4):
+    hm = np.zeros((h, w, k), np.float32)
+    tg = np.zeros((h, w, k, 2), np.float32)
+    for p in range(people):
+      for j in rng.choice(k, size=11, replace=False):
+        cy, cx = rng.integers(2, h - 2), rng.integers(2, w - 2)
+        g = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0)
+        hm[..., j] = np.maximum(hm[..., j], np.round(g * 8) / 8)
+        tg[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9, j] = 2.0 * (p + 1)
+    ours = device.parse(hm, tg)
+    ref = grouping.parse(hm, tg, device.spec)
+    assert ref[0].shape[0] > 0
+    np.testing.assert_array_equal(ours[0], ref[0])
+    np.testing.assert_array_equal(ours[1], ref[1])
+
+
+@pytest.mark.parametrize('where', ['heatmaps', 'tags'])
+def test_non_finite_maps_raise(scenes, device, where):
+  d = scenes[0]
+  hm, tg = d['hm'].copy(), d['tg'].copy()
+  (hm if where == 'heatmaps' else tg)[3, 4, 5] = np.nan
+  with pytest.raises(ValueError, match='NaN or infinite'):
+    device.parse(hm, tg)
