@@ -3,11 +3,13 @@
 1. *network*: normalisation, flip-test batch and the HigherHRNet forward (jitted, batch
    split over all local devices);
 2. *aggregation*: stage fusion, flip averaging, projection and multi-scale aggregation
-   (jitted, see `outputs.py`), then NMS and top-k (jitted on its own: fused with its
-   producer, XLA:CPU runs TopK several times slower);
-3. *grouping*: tag matching, adjust and refine on the host (numba), then the map back to
-   image pixels. On a CPU backend NMS and top-k run there too (numba beats XLA:CPU's TopK
-   several times); on accelerators they run on the device.
+   (jitted, see `outputs.py`);
+3. *grouping*: NMS, top-k, tag matching, adjust and refine, then the map back to image
+   pixels. Where the dense parts run is `test.grouping_on`: on a CPU backend everything
+   runs on the host (numba, on the padded maps in place); on accelerators NMS, top-k and
+   refine's scans run jitted on the device and only the matching on the host
+   (`grouping_device.py`), so full-resolution maps never leave the device. A batch's
+   images are grouped in parallel threads.
 
 Images are padded to shape buckets (`test.shape_bucket`), so a dataset compiles a handful
 of programs. Compilation (XLA's for each new bucket, numba's for the host kernels) is done

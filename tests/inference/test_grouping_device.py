@@ -88,3 +88,46 @@ def test_non_finite_maps_raise(scenes, device, where):
   (hm if where == 'heatmaps' else tg)[3, 4, 5] = np.nan
   with pytest.raises(ValueError, match='NaN or infinite'):
     device.parse(hm, tg)
+
+
+_TWO_DEVICES = r'''
+import json, sys
+import numpy as np
+import jax
+from higherhrnet_jax import config as config_lib, convert
+from higherhrnet_jax.data.coco import decode_image
+from higherhrnet_jax.inference.predictor import Predictor
+fixtures, sample = sys.argv[1], sys.argv[2]
+assert len(jax.devices()) == 2
+out = {}
+for where in ('host', 'device'):
+  config = config_lib.load_config('configs/tiny.py', [f'test.grouping_on={where}'])
+  variables = convert.load_official(fixtures + '/tiny_state_dict.npz', config.model)
+  predictor = Predictor(config, variables)
+  images = [decode_image(p) for p in sorted(__import__('pathlib').Path(sample).glob('*.jpg'))]
+  inputs = [predictor.prepare(im) for im in images[:3]]
+  out[where] = [(p.poses.tolist(), p.scores.tolist())
+                for p in predictor.collect(predictor.dispatch(inputs))]
+print(json.dumps({'same': out['host'] == out['device'],
+                  'people': [len(s) for _, s in out['host']]}))
+'''
+
+
+def test_device_grouping_on_a_batch_split_over_two_devices(fixtures_dir, coco_sample_dir):
+  """Each image is read from the device that holds its part of the batch (three images
+  padded to four, two per device): the people equal host grouping's exactly."""
+  import json
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  run = subprocess.run([sys.executable, '-c', _TWO_DEVICES, str(fixtures_dir),
+                        str(coco_sample_dir)], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=600, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(run.stdout.strip().splitlines()[-1])
+  assert sum(result['people']) > 0
+  assert result['same'] is True
