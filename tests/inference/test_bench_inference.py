@@ -28,6 +28,7 @@ def test_oracle_run_on_the_tiny_model(tmp_path, coco_sample_dir):
   report = json.loads(out.read_text())
   assert report['identical_output'] is True
   assert report['images'] == 2 and report['outputs'] == 'oracle'
+  assert report['e2e_images_per_s'] > 0
   people = [p['people'] for p in report['runs'][0]['per_image']]
   assert people == [1, 2], people  # the annotated people of the first two sample images
   for key in ('network_ms', 'aggregation_ms', 'grouping_ms', 'baseline_grouping_ms'):
