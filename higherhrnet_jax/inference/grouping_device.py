@@ -106,11 +106,6 @@ def refine_scan(det: jax.Array, tags: jax.Array, valid_hw: jax.Array,
   return x, y, _around(det, x, y, j, h, w)
 
 
-def _people_bucket(n: int) -> int:
-  """Padded person count of a scan (powers of two from 4): few programs to compile."""
-  return max(4, 1 << (n - 1).bit_length())
-
-
 class DeviceGrouping:
   """The device-split grouping for one `GroupingSpec`, with its jitted programs."""
 
@@ -120,6 +115,8 @@ class DeviceGrouping:
                                                 padding=spec.nms_padding,
                                                 k=spec.max_num_people))
     self._scan = jax.jit(refine_scan)
+    # People per scan call: one program per map shape; more people take several calls.
+    self.chunk = 1 << max(spec.max_num_people - 1, 1).bit_length()
 
   def finish(self, cands: tuple[np.ndarray, ...], det: jax.Array, tags: jax.Array,
              valid_hw: tuple[int, int], adjust: bool = True,
@@ -141,18 +138,21 @@ class DeviceGrouping:
       raise ValueError(f'grouping: tag-matching assignment failed (munkres status {status})')
     if refine:
       scan_p, scan_j, prevs = host.refine_scans(poses)
-      if scan_p.size:
-        padded = np.zeros((_people_bucket(len(prevs)), prevs.shape[1]), np.float32)
-        padded[:len(prevs)] = prevs
-        hw = np.asarray(valid_hw, np.int32)
+      hw = np.asarray(valid_hw, np.int32)
+      c = self.chunk
+      for start in range(0, len(prevs) if scan_p.size else 0, c):
+        padded = np.zeros((c, prevs.shape[1]), np.float32)
+        padded[:len(prevs) - start] = prevs[start:start + c]
         best_x, best_y, best_det = (np.array(a) for a in self._scan(det, tags, hw, padded))
-        host.fill_from_scans(poses, scan_p, scan_j, best_x.astype(np.int64),
-                             best_y.astype(np.int64), best_det)
+        mine = (scan_p >= start) & (scan_p < start + c)
+        host.fill_from_scans(poses, scan_p[mine] - start, scan_j[mine],
+                             best_x.astype(np.int64), best_y.astype(np.int64), best_det,
+                             start)
     return poses, scores
 
   def warm_up(self, det: jax.Array, tags: jax.Array) -> None:
-    """Compiles the host kernels and refine's scans for maps of this shape, for every
-    person bucket up to `max_num_people`, so that none compiles inside a timed stage."""
+    """Compiles the host kernels and refine's scan program for maps of this shape, so that
+    none compiles inside a timed stage."""
     nk, nt = tags.shape[2], tags.shape[3]
     m = self.spec.max_num_people
     val_k = np.zeros((nk, m), np.float32)
@@ -168,14 +168,9 @@ class DeviceGrouping:
     scan_p, scan_j, _ = host.refine_scans(poses)
     zeros = np.zeros((1, nk), np.int64)
     host.fill_from_scans(poses, scan_p[:1], scan_j[:1], zeros, zeros,
-                         np.zeros((1, nk, 5), np.float32))
+                         np.zeros((1, nk, 5), np.float32), 0)
     hw = np.asarray(det.shape[:2], np.int32)
-    b = 4
-    while True:
-      self._scan.lower(det, tags, hw, np.zeros((b, nt), np.float32)).compile()
-      if b >= m:
-        break
-      b *= 2
+    self._scan.lower(det, tags, hw, np.zeros((self.chunk, nt), np.float32)).compile()
 
   def parse(self, heatmaps: jax.Array | np.ndarray, tags: jax.Array | np.ndarray,
             adjust: bool = True, refine: bool = True,

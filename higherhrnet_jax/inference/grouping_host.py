@@ -444,11 +444,12 @@ def group_candidates(val_k, loc_k, tag_k, neighbours, joint_order, detection_thr
 
 
 @njit(nogil=True)
-def fill_from_scans(poses, scan_p, scan_j, best_x, best_y, best_det):
-  """Refine's fills from the device's scans: best_x, best_y [P', K] and best_det [P', K, 5]
-  (det at the pixel, then left, right, up, down)."""
+def fill_from_scans(poses, scan_p, scan_j, best_x, best_y, best_det, first):
+  """Refine's fills from one device scan of people first, first + 1, ...: best_x, best_y
+  [C, K] and best_det [C, K, 5] (det at the pixel, then left, right, up, down); scan_p
+  counts from `first`."""
   for s in range(scan_p.shape[0]):
-    p = scan_p[s]
+    q = scan_p[s]
     j = scan_j[s]
-    d = best_det[p, j]
-    fill_joint(poses, p, j, best_x[p, j], best_y[p, j], d[0], d[1], d[2], d[3], d[4])
+    d = best_det[q, j]
+    fill_joint(poses, first + q, j, best_x[q, j], best_y[q, j], d[0], d[1], d[2], d[3], d[4])

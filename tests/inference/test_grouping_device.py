@@ -131,3 +131,21 @@ def test_device_grouping_on_a_batch_split_over_two_devices(fixtures_dir, coco_sa
   result = json.loads(run.stdout.strip().splitlines()[-1])
   assert sum(result['people']) > 0
   assert result['same'] is True
+
+
+def test_more_people_than_one_scan_call(scenes):
+  """Refine scans people in calls of `chunk` (one program per map shape); with
+  max_num_people = 3 (chunk 4) scenes hold more people than one call: same as the host."""
+  c = base_config()
+  c.data.max_num_people = 3
+  spec = grouping.GroupingSpec.from_config(c)
+  device = grouping_device.DeviceGrouping(spec)
+  assert device.chunk == 4
+  most = 0
+  for i, d in enumerate(scenes):
+    ours = device.parse(d['hm'], d['tg'])
+    ref = grouping.parse(d['hm'], d['tg'], spec)
+    most = max(most, len(ref[1]))
+    np.testing.assert_array_equal(ours[0], ref[0], err_msg=f'scene {i}')
+    np.testing.assert_array_equal(ours[1], ref[1], err_msg=f'scene {i}')
+  assert most > 2 * device.chunk, most
