@@ -41,15 +41,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'bench'))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from higherhrnet_jax import config as config_lib, models  # noqa: E402
 from higherhrnet_jax.data import synthetic  # noqa: E402
 from higherhrnet_jax.data.coco import decode_image  # noqa: E402
-from higherhrnet_jax.inference import transforms  # noqa: E402
 from higherhrnet_jax.inference.predictor import Predictor  # noqa: E402
-import oracle  # noqa: E402
 
 W32 = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
 TINY = REPO / 'configs' / 'tiny.py'
@@ -72,13 +69,10 @@ def _torch():
   return torch, torch_reference
 
 
-def _median_ms(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
+def _call_ms(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return 1e3 * (time.perf_counter() - t0)
 
 
 def forward(config_path, size: int, batches, repeats: int) -> list[dict]:
@@ -124,7 +118,7 @@ def forward(config_path, size: int, batches, repeats: int) -> list[dict]:
       times = {k: [] for k in runs}
       for _ in range(repeats):
         for k, fn in runs.items():
-          times[k].append(_median_ms(fn, 1))
+          times[k].append(_call_ms(fn))
       for k, v in times.items():
         row[f'{k}_ms_per_image'] = statistics.median(v) / b
       if 'torch' in runs:

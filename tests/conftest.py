@@ -48,3 +48,19 @@ def crowdpose_sample_dir() -> pathlib.Path:
   if not CROWDPOSE_SAMPLE.is_dir():
     pytest.skip('CrowdPose sample data not found (set HIGHERHRNET_SHARED)')
   return CROWDPOSE_SAMPLE
+
+
+@pytest.fixture(scope='session')
+def grouping_scenes(fixtures_dir) -> list[dict]:
+  """The official grouping fixture's scenes, maps transposed to our [H, W, K(, T)] layout
+  (the file stores them NCHW-style, (1, K, H, W[, T]))."""
+  import numpy as np
+  z = np.load(fixtures_dir / 'grouping.npz')
+  out = []
+  for s in range(int(z['num_scenes'])):
+    p = f's{s:02d}_'
+    d = {k[len(p):]: z[k] for k in z.files if k.startswith(p) and '_gen_' not in k}
+    d['hm'] = np.ascontiguousarray(d['det'][0].transpose(1, 2, 0))
+    d['tg'] = np.ascontiguousarray(d['tag'][0].transpose(1, 2, 0, 3))
+    out.append(d)
+  return out

@@ -128,17 +128,23 @@ def _shift(tmp_lo, tmp_hi):
 
 
 @njit
+def _adjust_joint(poses, p, j, left, right, up, down):
+  """Official `adjust` of one joint: pixel centre plus a quarter pixel towards the higher
+  neighbour (given the det values left, right, above and below it, clipped to the map)."""
+  poses[p, j, 0] = np.float32(poses[p, j, 0] + _shift(left, right)) + np.float32(0.5)
+  poses[p, j, 1] = np.float32(poses[p, j, 1] + _shift(up, down)) + np.float32(0.5)
+
+
+@njit
 def _adjust(poses, det, h, w):
-  """Official `adjust`: pixel centre plus a quarter pixel towards the higher neighbour."""
+  """Official `adjust` of every present joint, reading the maps."""
   for p in range(poses.shape[0]):
     for j in range(poses.shape[1]):
       if poses[p, j, 2] > 0:
         x = int(poses[p, j, 0])
         y = int(poses[p, j, 1])
-        dx = _shift(det[y, max(x - 1, 0), j], det[y, min(x + 1, w - 1), j])
-        dy = _shift(det[max(y - 1, 0), x, j], det[min(y + 1, h - 1), x, j])
-        poses[p, j, 0] = np.float32(poses[p, j, 0] + dx) + np.float32(0.5)
-        poses[p, j, 1] = np.float32(poses[p, j, 1] + dy) + np.float32(0.5)
+        _adjust_joint(poses, p, j, det[y, max(x - 1, 0), j], det[y, min(x + 1, w - 1), j],
+                      det[max(y - 1, 0), x, j], det[min(y + 1, h - 1), x, j])
 
 
 @njit
@@ -423,8 +429,7 @@ def _adjust_from_neighbours(poses, loc_k, neighbours):
         for c in range(loc_k.shape[1]):
           if loc_k[j, c, 0] == x and loc_k[j, c, 1] == y:
             nb = neighbours[j, c]
-            poses[p, j, 0] = np.float32(poses[p, j, 0] + _shift(nb[0], nb[1])) + np.float32(0.5)
-            poses[p, j, 1] = np.float32(poses[p, j, 1] + _shift(nb[2], nb[3])) + np.float32(0.5)
+            _adjust_joint(poses, p, j, nb[0], nb[1], nb[2], nb[3])
             break
 
 

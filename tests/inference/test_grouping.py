@@ -2,8 +2,7 @@
 
 Tolerances: top-k values/locations/tags, matched, grouped (TT/TF/FF) and scores all exact
 (the fixture README: float64 matching, float32 refine arithmetic, NumPy pairwise score mean).
-The fixture stores NCHW-style arrays (1, K, H, W[, T]); they are transposed here to our
-[H, W, K(, T)] layout.
+The scenes come transposed to our [H, W, K(, T)] layout (`grouping_scenes`, conftest).
 """
 
 import importlib.util
@@ -22,16 +21,8 @@ MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
 
 
 @pytest.fixture(scope='module')
-def scenes(fixtures_dir):
-  z = np.load(fixtures_dir / 'grouping.npz')
-  out = []
-  for s in range(int(z['num_scenes'])):
-    p = f's{s:02d}_'
-    d = {k[len(p):]: z[k] for k in z.files if k.startswith(p) and '_gen_' not in k}
-    d['hm'] = np.ascontiguousarray(d['det'][0].transpose(1, 2, 0))
-    d['tg'] = np.ascontiguousarray(d['tag'][0].transpose(1, 2, 0, 3))
-    out.append(d)
-  return out
+def scenes(grouping_scenes):
+  return grouping_scenes
 
 
 @pytest.fixture(scope='module')

@@ -16,16 +16,8 @@ MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
 
 
 @pytest.fixture(scope='module')
-def scenes(fixtures_dir):
-  z = np.load(fixtures_dir / 'grouping.npz')
-  out = []
-  for s in range(int(z['num_scenes'])):
-    p = f's{s:02d}_'
-    d = {k[len(p):]: z[k] for k in z.files if k.startswith(p) and '_gen_' not in k}
-    d['hm'] = np.ascontiguousarray(d['det'][0].transpose(1, 2, 0))
-    d['tg'] = np.ascontiguousarray(d['tag'][0].transpose(1, 2, 0, 3))
-    out.append(d)
-  return out
+def scenes(grouping_scenes):
+  return grouping_scenes
 
 
 @pytest.fixture(scope='module')
