@@ -136,15 +136,21 @@ def _adjust_joint(poses, p, j, left, right, up, down):
 
 
 @njit
-def _adjust(poses, det, h, w):
-  """Official `adjust` of every present joint, reading the maps."""
-  for p in range(poses.shape[0]):
-    for j in range(poses.shape[1]):
-      if poses[p, j, 2] > 0:
-        x = int(poses[p, j, 0])
-        y = int(poses[p, j, 1])
-        _adjust_joint(poses, p, j, det[y, max(x - 1, 0), j], det[y, min(x + 1, w - 1), j],
-                      det[max(y - 1, 0), x, j], det[min(y + 1, h - 1), x, j])
+def _candidate_neighbours(det, loc_k, h, w):
+  """det left, right, above and below every candidate [K, M, 4] (clipped to the valid
+  h x w map): what adjust reads. Candidates below the threshold may point anywhere; they
+  are clamped into the map (their values are never used)."""
+  nj, m = loc_k.shape[:2]
+  out = np.empty((nj, m, 4), np.float32)
+  for j in range(nj):
+    for c in range(m):
+      x = min(max(loc_k[j, c, 0], 0), w - 1)
+      y = min(max(loc_k[j, c, 1], 0), h - 1)
+      out[j, c, 0] = det[y, max(x - 1, 0), j]
+      out[j, c, 1] = det[y, min(x + 1, w - 1), j]
+      out[j, c, 2] = det[max(y - 1, 0), x, j]
+      out[j, c, 3] = det[min(y + 1, h - 1), x, j]
+  return out
 
 
 @njit
@@ -382,14 +388,12 @@ def group(val_k, loc_k, tag_k, det, tags, h, w, joint_order, detection_threshold
   Entry points release the GIL, so images group in parallel threads, and grouping in a
   worker thread overlaps with Python work (e.g. dispatching the next batch).
   """
-  poses, status = _match_by_tag(val_k, loc_k, tag_k, joint_order, detection_threshold,
-                                tag_threshold, use_detection_val, ignore_too_much,
-                                max_num_people)
+  poses, scores, status = group_candidates(
+      val_k, loc_k, tag_k, _candidate_neighbours(det, loc_k, h, w), joint_order,
+      detection_threshold, tag_threshold, use_detection_val, ignore_too_much, max_num_people,
+      adjust)
   if status != OK:
-    return poses, np.zeros(0, np.float32), status
-  if adjust:
-    _adjust(poses, det, h, w)
-  scores = person_scores(poses)
+    return poses, scores, status
   finite = _refine(poses, det, tags, h, w) if refine else tags_finite(tags, h, w)
   if not finite:
     return poses[:0], scores[:0], NON_FINITE_TAGS
@@ -414,7 +418,7 @@ def parse_host(det, tags, h, w, joint_order, detection_threshold, tag_threshold,
                refine)
 
 
-# ------------------------------------------------------- the host half of device grouping
+# ------------------------ matching from candidates; the host half of device grouping
 
 
 @njit
