@@ -48,3 +48,4 @@ def test_accelerator_script_runs_on_the_cpu(tmp_path):
   for row in report['evaluation']:
     assert row['identical_to_other_path'] is True, row
     assert row['images_per_s'] > 0 and row['people_per_image'] > 0
+    assert 0 < row['host_cpu_ms_per_image'] <= row['collect_wall_ms_per_image'] * 1.5
