@@ -68,6 +68,8 @@ def test_validation_names_the_field():
     cfg.load_config('configs/tiny.py', ['data.input_size=100'])
   with pytest.raises(cfg.ConfigError, match='model.num_joints'):
     cfg.load_config('configs/tiny.py', ['model.num_joints=14'])
+  with pytest.raises(cfg.ConfigError, match='test.grouping_on'):
+    cfg.load_config('configs/tiny.py', ['test.grouping_on=gpu'])
 
 
 def test_keypoint_spec_checks_flip_index():

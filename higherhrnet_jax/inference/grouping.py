@@ -132,13 +132,13 @@ def _check_maps(heatmaps: np.ndarray, tags: np.ndarray, num_joints: int,
   if heatmaps.shape[2] != num_joints:
     raise ValueError(f'grouping.parse: heatmaps have {heatmaps.shape[2]} joints but '
                      f'dataset.keypoints.joint_order has {num_joints}')
+  if min(heatmaps.shape) == 0 or tags.shape[3] == 0:
+    raise ValueError(f'grouping.parse: empty maps (heatmaps {heatmaps.shape}, '
+                     f'tags {tags.shape})')
   h, w = heatmaps.shape[:2] if valid_hw is None else (int(v) for v in valid_hw)
   if not (0 < h <= heatmaps.shape[0] and 0 < w <= heatmaps.shape[1]):
     raise ValueError(f'grouping.parse: valid_hw {(h, w)} is empty or exceeds the '
                      f'{heatmaps.shape[:2]} maps')
-  if min(heatmaps.shape) == 0 or tags.shape[3] == 0:
-    raise ValueError(f'grouping.parse: empty maps (heatmaps {heatmaps.shape}, '
-                     f'tags {tags.shape})')
   return heatmaps, tags, h, w
 
 
