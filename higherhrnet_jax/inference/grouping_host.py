@@ -167,37 +167,9 @@ def person_scores(poses):
 
 
 @njit
-def _row_scores(drow, trow, j, w, prev, acc):
-  """acc[x] = det - round(|tag - prev|) along one row of joint j (float32, NumPy's order:
-  sequential squares below 8 tags, pairwise above)."""
-  nt = prev.shape[0]
-  if nt == 2:  # the flip-test layout, written out
-    p0 = prev[0]
-    p1 = prev[1]
-    for x in range(w):
-      e0 = np.float32(trow[x, j, 0] - p0)
-      e1 = np.float32(trow[x, j, 1] - p1)
-      s = np.float32(np.float32(e0 * e0) + np.float32(e1 * e1))
-      acc[x] = np.float32(drow[x, j] - np.float32(np.rint(np.float32(np.sqrt(s)))))
-  elif nt < 8:
-    for x in range(w):
-      s = np.float32(0.0)
-      for t in range(nt):
-        e = np.float32(trow[x, j, t] - prev[t])
-        s = np.float32(s + np.float32(e * e))
-      acc[x] = np.float32(drow[x, j] - np.float32(np.rint(np.float32(np.sqrt(s)))))
-  else:
-    e = np.empty(nt, np.float32)
-    for x in range(w):
-      for t in range(nt):
-        e[t] = np.float32(trow[x, j, t] - prev[t])
-      s = numpy_order.sum_squares(e)
-      acc[x] = np.float32(drow[x, j] - np.float32(np.rint(np.float32(np.sqrt(s)))))
-
-
-@njit
 def _pixel_score(det, tag, prev):
-  """det - round(|tag - prev|) of one pixel, the arithmetic of `_row_scores`."""
+  """det - round(|tag - prev|) of one pixel in float32, NumPy's order: squares summed in
+  sequence below 8 tags, pairwise from 8."""
   nt = prev.shape[0]
   if nt < 8:
     s = np.float32(0.0)
@@ -210,6 +182,23 @@ def _pixel_score(det, tag, prev):
       e[t] = np.float32(tag[t] - prev[t])
     s = numpy_order.sum_squares(e)
   return np.float32(det - np.float32(np.rint(np.float32(np.sqrt(s)))))
+
+
+@njit
+def _row_scores(drow, trow, j, w, prev, acc):
+  """acc[x] = `_pixel_score` along one row of joint j; the flip-test layout (two tags) is
+  written out so that the loop vectorises."""
+  if prev.shape[0] == 2:
+    p0 = prev[0]
+    p1 = prev[1]
+    for x in range(w):
+      e0 = np.float32(trow[x, j, 0] - p0)
+      e1 = np.float32(trow[x, j, 1] - p1)
+      s = np.float32(np.float32(e0 * e0) + np.float32(e1 * e1))
+      acc[x] = np.float32(drow[x, j] - np.float32(np.rint(np.float32(np.sqrt(s)))))
+  else:
+    for x in range(w):
+      acc[x] = _pixel_score(drow[x, j], trow[x, j], prev)
 
 
 @njit
