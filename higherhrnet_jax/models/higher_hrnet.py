@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from higherhrnet_jax.models.hrnet import HRNet, StageSpec, check_input_shape
-from higherhrnet_jax.models.layers import BasicBlock, BatchNorm, ConvTranspose4x4, Dtype, conv_init
+from higherhrnet_jax.models.layers import BasicBlock, BatchNorm, ConvTranspose4x4, Dtype, conv_init, relu
 
 @dataclasses.dataclass(frozen=True)
 class DeconvSpec:
@@ -59,7 +59,7 @@ class HigherHead(nn.Module):
       x = ConvTranspose4x4(spec.num_channels, dtype=self.dtype, name=f'deconv_layers_{i}_0_0')(x)
       x = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
                     axis_name=self.axis_name, name=f'deconv_layers_{i}_0_1')(x, train)
-      x = nn.relu(x)
+      x = relu(x)
       for b in range(spec.num_basic_blocks):
         x = BasicBlock(spec.num_channels, **common, name=f'deconv_layers_{i}_{b + 1}_0')(x, train)
       self.sow('intermediates', f'deconv_layers_{i}', x)

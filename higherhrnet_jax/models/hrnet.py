@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from higherhrnet_jax.models.layers import (BasicBlock, BatchNorm, Bottleneck, Dtype, bn_options, conv,
-                                           upsample_nearest)
+                                           relu, upsample_nearest)
 
 # The backbone downsamples by 32 at its lowest-resolution branch; fuse sums need exact halving.
 INPUT_MULTIPLE = 32
@@ -73,9 +73,9 @@ class FuseLayer(nn.Module):
           x = conv(features, 3, 2, dtype=self.dtype, name=f'{j}_{k}_0')(x)
           x = BatchNorm(**bn, name=f'{j}_{k}_1')(x, train)
           if not last:
-            x = nn.relu(x)
+            x = relu(x)
       y = x if y is None else y + x
-    return nn.relu(y)
+    return relu(y)
 
 
 class HighResolutionModule(nn.Module):
@@ -139,14 +139,14 @@ class Transition(nn.Module):
         x = xs[i]
         if self.in_channels[i] != c_out:
           x = conv(c_out, 3, dtype=self.dtype, name=f'{i}_0')(x)
-          x = nn.relu(BatchNorm(**bn, name=f'{i}_1')(x, train))
+          x = relu(BatchNorm(**bn, name=f'{i}_1')(x, train))
       else:
         x = xs[-1]
         for k in range(i + 1 - n_pre):
           last = k == i - n_pre
           features = c_out if last else self.in_channels[-1]
           x = conv(features, 3, 2, dtype=self.dtype, name=f'{i}_{k}_0')(x)
-          x = nn.relu(BatchNorm(**bn, name=f'{i}_{k}_1')(x, train))
+          x = relu(BatchNorm(**bn, name=f'{i}_{k}_1')(x, train))
       ys.append(x)
     return ys
 
@@ -182,9 +182,9 @@ class HRNet(nn.Module):
                   axis_name=self.axis_name)
     bn = bn_options(self)
     x = conv(self.stem_channels, 3, 2, dtype=self.dtype, name='conv1')(x)
-    x = nn.relu(BatchNorm(**bn, name='bn1')(x, train))
+    x = relu(BatchNorm(**bn, name='bn1')(x, train))
     x = conv(self.stem_channels, 3, 2, dtype=self.dtype, name='conv2')(x)
-    x = nn.relu(BatchNorm(**bn, name='bn2')(x, train))
+    x = relu(BatchNorm(**bn, name='bn2')(x, train))
     self.sow('intermediates', 'stem', x)
     for b in range(self.stage1_blocks):
       x = Bottleneck(self.stage1_planes, **common, name=f'layer1_{b}')(x, train)
