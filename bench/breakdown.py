@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import network  # noqa: E402  (bench/network.py: thread settings, processor name)
 import torch_reference  # noqa: E402
 from higherhrnet_jax import config as config_lib, models  # noqa: E402
-from higherhrnet_jax.inference import predictor  # noqa: E402
+from higherhrnet_jax.inference import compile as compile_lib  # noqa: E402
 
 
 def _our_pieces(model_config):
@@ -127,7 +127,7 @@ def main() -> None:
       cost = compiled.cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost
       flops = float(cost.get('flops', 0.0))
-      inference = predictor.compile_with_weights(fn, weights, xj)
+      inference = compile_lib.compile_with_weights(fn, weights, xj)
       runs = {'ours': lambda: jax.block_until_ready(compiled(weights, xj)),
               'ours_inference': lambda: jax.block_until_ready(inference(xj))}
       for cl in nets:

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 import torch_reference  # noqa: E402
 from higherhrnet_jax import apps, config as config_lib, models  # noqa: E402
-from higherhrnet_jax.inference import predictor  # noqa: E402
+from higherhrnet_jax.inference import compile as compile_lib  # noqa: E402
 
 CONFIG = REPO / 'configs' / 'coco' / 'higherhrnet_w32_512.py'
 
@@ -79,7 +79,7 @@ def _ours_inference_forward(model, variables, x):
 
   def run():
     if 'fn' not in compiled:
-      compiled['fn'] = predictor.compile_with_weights(
+      compiled['fn'] = compile_lib.compile_with_weights(
           lambda v, x: model.apply(v, x, train=False), weights, xj)
     jax.block_until_ready(compiled['fn'](xj))
   return run

@@ -33,30 +33,12 @@ import jax
 import numpy as np
 
 from higherhrnet_jax import models
+from higherhrnet_jax.inference import compile as compile_lib
 from higherhrnet_jax.inference import grouping
 from higherhrnet_jax.inference import grouping_device
 from higherhrnet_jax.inference import outputs as outputs_lib
 from higherhrnet_jax.inference import transforms
 from higherhrnet_jax.training import sharding
-
-
-# XLA:CPU compiler options of a forward program: convolutions by Eigen rather than YNNPACK
-# (W32-512 forward 1,203 -> 1,034 ms with the weights as arguments on an AMD EPYC; a training
-# step is not faster, so only inference programs ask for it).
-NO_YNN_CONVOLUTION = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
-
-
-def compile_with_weights(fn: Any, weights: Any, *args: Any) -> Any:
-  """`fn(weights, *args)` compiled for these arguments with `weights` as constants.
-
-  An XLA:CPU inference program: constant weights are prepared ahead of the first call, and
-  the convolutions are Eigen's (`NO_YNN_CONVOLUTION`). Returns the compiled `f(*args)`.
-  """
-  lowered = jax.jit(lambda *a: fn(weights, *a)).lower(*args)
-  try:
-    return lowered.compile(compiler_options=NO_YNN_CONVOLUTION)
-  except jax.errors.JaxRuntimeError:  # an XLA without that option
-    return lowered.compile()
 
 
 def _signature(*args: Any, **kwargs: Any) -> str:
@@ -113,7 +95,7 @@ class Predictor:
     self._network_body = functools.partial(outputs_lib.network_outputs, apply_fn, self.spec)
     # `network(variables, images, input_hw) -> (outputs, flipped outputs)`; replaceable, e.g.
     # by a benchmark that feeds ready-made outputs through the rest of the test loop.
-    self.network = jax.jit(self._network_body)
+    self.network = compile_lib.forward_jit(self._network_body, devices)
     self._default_network = self.network
     self._aggregate = jax.jit(functools.partial(outputs_lib.aggregate_outputs, self.spec),
                               static_argnames=('input_shapes', 'base_shape'))
@@ -219,7 +201,7 @@ class Predictor:
     program = self._programs.get(key)
     if program is None:
       t0 = time.perf_counter()
-      program = compile_with_weights(self._network_body, self.variables, images, input_hw)
+      program = compile_lib.compile_with_weights(self._network_body, self.variables, images, input_hw)
       self.timings['compile'] += time.perf_counter() - t0
       self._programs[key] = program
     return program

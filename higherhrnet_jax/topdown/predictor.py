@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from higherhrnet_jax import keypoints, models
+from higherhrnet_jax.inference import compile as compile_lib
 from higherhrnet_jax.inference.outputs import normalize
 from higherhrnet_jax.topdown import dark, decode, records, udp
 from higherhrnet_jax.training import sharding
@@ -124,13 +125,15 @@ class TopDownPredictor:
     self.config = config
     self.spec = DecodeSpec.from_config(config)
     self.model = models.build(config.model)
-    self.mesh = sharding.make_mesh(list(devices or jax.local_devices()))
+    devices = list(devices or jax.local_devices())
+    self.mesh = sharding.make_mesh(devices)
     self._batch_sharding = sharding.batch_sharding(self.mesh)
     self.set_variables(variables)
     apply_fn = lambda v, x: self.model.apply(v, x, train=False)
     # `network(variables, crops uint8) -> (heatmaps, coords, maxvals)`; replaceable, e.g. by
     # a test that feeds ready-made heatmaps through the rest of the loop.
-    self.network = jax.jit(functools.partial(heatmaps_and_maxima, apply_fn, self.spec))
+    self.network = compile_lib.forward_jit(
+        functools.partial(heatmaps_and_maxima, apply_fn, self.spec), devices)
 
   def set_variables(self, variables: Any) -> None:
     """Swaps in new weights of the same model (no recompilation)."""

@@ -6,9 +6,14 @@ import numpy as np
 from higherhrnet_jax.inference import outputs
 
 
-def jit_inference(apply_fn, spec):
-  """`outputs.make_inference_fn` under `jax.jit` (one program per bucket)."""
-  return jax.jit(outputs.make_inference_fn(apply_fn, spec), static_argnames=('base_shape',))
+def jit_inference(apply_fn, spec, compiler_options=None):
+  """`outputs.make_inference_fn` under `jax.jit` (one program per bucket).
+
+  `compiler_options`: XLA's, e.g. the Predictor's choice of CPU convolution kernels, which
+  decides the last bits of the outputs.
+  """
+  return jax.jit(outputs.make_inference_fn(apply_fn, spec), static_argnames=('base_shape',),
+                 compiler_options=compiler_options)
 
 
 def crop(final_heatmaps, tags, base_hw):
