@@ -9,8 +9,10 @@ load hits all three alike. Reported: the median time per call after one-off comp
   python bench/network.py --json                   # W32-512 forward, W32 at 256 train step
   python bench/network.py --forward-batches 1 --repeats 3 --out bench/results/network.json
 
-The forward is also timed as an *inference program*: the weights compiled in as constants
-and XLA:CPU's Eigen convolutions instead of its default YNNPACK ones (`inference_ratio`).
+The forward is also timed as the Predictors run it on a CPU: the same program compiled with
+XLA:CPU's Eigen convolutions instead of its default YNNPACK ones (`predictor_ratio`), and
+as an *inference program*, Eigen convolutions with the weights compiled in as constants
+(`inference_ratio`).
 
 The training step is a plain one: forward in train mode (batch statistics), the mean of the
 squared outputs as loss, backward, Adam, for both frameworks. Needs `torch` (the `bench`
@@ -69,6 +71,13 @@ def _ours_forward(model, variables, x):
   xj = jnp.asarray(x)
   run = lambda: jax.block_until_ready(apply(variables, xj))
   return run
+
+
+def _ours_predictor_forward(model, variables, x):
+  """The Predictors' network program: weights as arguments, Eigen convolutions on CPU."""
+  apply = compile_lib.forward_jit(lambda v, x: model.apply(v, x, train=False), jax.devices())
+  xj = jnp.asarray(x)
+  return lambda: jax.block_until_ready(apply(variables, xj))
 
 
 def _ours_inference_forward(model, variables, x):
@@ -157,6 +166,8 @@ def _row(kind: str, batch: int, size: int, race: dict) -> dict:
          'ratio': med['ours'] / best_torch}
   if 'ours_inference' in med:
     row['inference_ratio'] = med['ours_inference'] / best_torch
+  if 'ours_predictor' in med:
+    row['predictor_ratio'] = med['ours_predictor'] / best_torch
   return row
 
 
@@ -190,6 +201,7 @@ def main(argv=None) -> dict:
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     nets = {cl: torch_reference.build(config.model, variables, cl) for cl in (False, True)}
     race = _race({'ours': _ours_forward(model, variables, x),
+                  'ours_predictor': _ours_predictor_forward(model, variables, x),
                   'ours_inference': _ours_inference_forward(model, variables, x),
                   'torch_nchw': _torch_forward(nets[False], x, False),
                   'torch_channels_last': _torch_forward(nets[True], x, True)}, a.repeats)
@@ -209,6 +221,7 @@ def main(argv=None) -> dict:
       'config': pathlib.Path(a.config).name, 'repeats': a.repeats, 'rows': rows,
       'forward_ratio': forward[0]['ratio'] if forward else None,
       'inference_forward_ratio': forward[0]['inference_ratio'] if forward else None,
+      'predictor_forward_ratio': forward[0]['predictor_ratio'] if forward else None,
       'train_step_ratio': rows[-1]['ratio'],
       'forward_compile_s': forward[0]['ours_compile_s'] if forward else None,
       'train_compile_s': rows[-1]['ours_compile_s'],
@@ -222,7 +235,8 @@ def main(argv=None) -> dict:
 
 
 def _format(r: dict) -> str:
-  inference = (f"ours inference program {r['ours_inference_ms']:8.1f} ms | "
+  inference = (f"ours predictor {r['ours_predictor_ms']:8.1f} ms | "
+               f"ours inference program {r['ours_inference_ms']:8.1f} ms | "
                if 'ours_inference_ms' in r else '')
   return (f"{r['kind']:>10} b{r['batch']} {r['input']}px | ours {r['ours_ms']:8.1f} ms | {inference}"
           f"torch NCHW {r['torch_nchw_ms']:8.1f} ms | torch channels-last "
