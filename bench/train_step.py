@@ -26,6 +26,7 @@ CONFIGS = {
     'tiny': 'configs/tiny.py',
     'w32_512': 'configs/coco/higherhrnet_w32_512.py',
     'w48_640': 'configs/coco/higherhrnet_w48_640.py',
+    'quickstart': 'configs/quickstart.py',
 }
 
 
