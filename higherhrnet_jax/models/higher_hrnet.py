@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from higherhrnet_jax.models.hrnet import HRNet, StageSpec, check_input_shape
-from higherhrnet_jax.models.layers import BasicBlock, BatchNorm, ConvTranspose4x4, Dtype, conv_init, relu
+from higherhrnet_jax.models.layers import (BasicBlock, BatchNorm, ConvTranspose4x4, Dtype, conv_init,
+                                           convolution_for, relu)
 
 @dataclasses.dataclass(frozen=True)
 class DeconvSpec:
@@ -44,7 +45,7 @@ class HigherHead(nn.Module):
     return nn.Conv(self.output_channels[index], (k, k), padding=((pad, pad), (pad, pad)),
                    use_bias=True, dtype=self.dtype, param_dtype=jnp.float32,
                    kernel_init=conv_init, bias_init=nn.initializers.zeros,
-                   name=f'final_layers_{index}')
+                   conv_general_dilated=convolution_for(k), name=f'final_layers_{index}')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from higherhrnet_jax.models.hrnet import HRNet, StageSpec, check_input_shape
-from higherhrnet_jax.models.layers import Dtype, conv_init
+from higherhrnet_jax.models.layers import Dtype, conv_init, convolution_for
 
 
 class PoseHRNet(nn.Module):
@@ -52,5 +52,6 @@ class PoseHRNet(nn.Module):
     pad = 1 if k == 3 else 0  # official: padding 1 for kernel 3, else 0
     y = nn.Conv(self.num_joints, (k, k), padding=((pad, pad), (pad, pad)), use_bias=True,
                 dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_init,
-                bias_init=nn.initializers.zeros, name='final_layer')(feats[0])
+                bias_init=nn.initializers.zeros, conv_general_dilated=convolution_for(k),
+                name='final_layer')(feats[0])
     return y.astype(jnp.promote_types(self.dtype, jnp.float32))
