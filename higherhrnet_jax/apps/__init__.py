@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,32 @@ _CACHE = flags.DEFINE_string(
     "higherhrnet_jax/xla; 'none': off.")
 
 
+# glibc's malloc maps every large block (an XLA program's buffers, on every call) with fresh
+# 4 KiB pages, so each call faults its working set in page by page. With this tunable it asks
+# for transparent huge pages where the kernel grants them on request (the 'madvise' mode, a
+# common default). AMD EPYC, 2 cores: page faults 45,000 -> 2,200 per quickstart step, the
+# step 206 -> 168 ms; W32 train step 1,393 -> 1,193 ms.
+HUGE_PAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
+
+
+def reexec_with_huge_page_malloc() -> None:
+  """Restarts this process, once, with `HUGE_PAGE_TUNABLE` in `GLIBC_TUNABLES`.
+
+  glibc reads its tunables only at start-up, so an application sets them by starting again
+  (same process id, same command line). Nothing happens off glibc or when `GLIBC_TUNABLES`
+  already says how malloc should use huge pages.
+  """
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+    return
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  if 'glibc.malloc.hugetlb' in tunables:
+    return
+  os.environ['GLIBC_TUNABLES'] = f'{tunables}:{HUGE_PAGE_TUNABLE}' if tunables else HUGE_PAGE_TUNABLE
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, sys.orig_argv)
+
+
 def initialize_runtime() -> None:
   """Before any JAX computation: joins the job described by the flags or the cluster, and
   turns on the persistent compilation cache."""
@@ -60,6 +87,7 @@ def run(main: Callable[[list[str]], None], module: str, required: Sequence[str])
   absl's `--help` lists the flags of the program's own file (`sys.argv[0]`); registering the
   app's flags under that name makes `train.py --help` and `higherhrnet-train --help` list them.
   """
+  reexec_with_huge_page_malloc()
   for name in (module, __name__):
     for flag in flags.FLAGS.get_flags_for_module(name):
       flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
