@@ -10,19 +10,32 @@ option changes which kernel runs, so the last bits of the outputs, not the compu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 # Keep YNNPACK for matrix products (which it runs multi-threaded), not for convolutions.
 NO_YNN_CONVOLUTION = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
+@functools.cache
+def cpu_forward_options() -> dict[str, str] | None:
+  """`NO_YNN_CONVOLUTION` if this XLA:CPU knows the option (probed once), else None."""
+  x = jax.device_put(np.zeros(1, np.float32), jax.devices('cpu')[0])
+  try:
+    jax.jit(lambda v: v + 1).lower(x).compile(compiler_options=NO_YNN_CONVOLUTION)
+  except jax.errors.JaxRuntimeError:  # an XLA without that option: its default kernels
+    return None
+  return NO_YNN_CONVOLUTION
+
+
 def forward_jit(fn: Callable[..., Any], devices: Sequence[jax.Device]) -> Any:
   """`jax.jit(fn)`, with Eigen convolutions when `devices` are CPUs."""
   if devices and devices[0].platform == 'cpu':
-    return jax.jit(fn, compiler_options=NO_YNN_CONVOLUTION)
+    return jax.jit(fn, compiler_options=cpu_forward_options())
   return jax.jit(fn)
 
 
@@ -30,10 +43,7 @@ def compile_with_weights(fn: Any, weights: Any, *args: Any) -> Any:
   """`fn(weights, *args)` compiled for these arguments with `weights` as constants.
 
   An XLA:CPU inference program: constant weights are prepared ahead of the first call, and
-  the convolutions are Eigen's (`NO_YNN_CONVOLUTION`). Returns the compiled `f(*args)`.
+  the convolutions are Eigen's (`cpu_forward_options`). Returns the compiled `f(*args)`.
   """
   lowered = jax.jit(lambda *a: fn(weights, *a)).lower(*args)
-  try:
-    return lowered.compile(compiler_options=NO_YNN_CONVOLUTION)
-  except jax.errors.JaxRuntimeError:  # an XLA without that option
-    return lowered.compile()
+  return lowered.compile(compiler_options=cpu_forward_options())

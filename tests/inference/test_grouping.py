@@ -12,17 +12,11 @@ import jax
 import numpy as np
 import pytest
 
+from grouping_entry_points import MODES  # tests/inference/grouping_entry_points.py
 from higherhrnet_jax.config import base_config
 from higherhrnet_jax.inference import grouping, grouping_host, host_nms, numpy_order
 
 S = grouping.GroupingSpec.from_config
-
-MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
-
-
-@pytest.fixture(scope='module')
-def scenes(grouping_scenes):
-  return grouping_scenes
 
 
 @pytest.fixture(scope='module')
@@ -30,17 +24,17 @@ def config():
   return base_config()
 
 
-def test_nms_top_k_exact(scenes):
+def test_nms_top_k_exact(grouping_scenes):
   fn = jax.jit(grouping.nms_top_k)
-  for d in scenes:
+  for d in grouping_scenes:
     val_k, loc_k, tag_k = (np.asarray(a) for a in fn(d['hm'], d['tg']))
     np.testing.assert_array_equal(val_k, d['val_k'][0])
     np.testing.assert_array_equal(loc_k, d['loc_k'][0])
     np.testing.assert_array_equal(tag_k, d['tag_k'][0])
 
 
-def test_nms_top_k_batch_axis(scenes):
-  same = [d for d in scenes if d['hm'].shape[:2] == (128, 128)][:2]
+def test_nms_top_k_batch_axis(grouping_scenes):
+  same = [d for d in grouping_scenes if d['hm'].shape[:2] == (128, 128)][:2]
   hm = np.stack([d['hm'] for d in same])
   tg = np.stack([d['tg'] for d in same])
   val_k, loc_k, tag_k = jax.jit(grouping.nms_top_k)(hm, tg)
@@ -78,18 +72,18 @@ def test_nms_top_k_host_and_device_vs_reduce_window(kernel, h, w):
   np.testing.assert_array_equal(ind, order)
 
 
-def test_match_from_stored_top_k(scenes, config):
+def test_match_from_stored_top_k(grouping_scenes, config):
   """`match_by_tag` alone, fed with the official top-k arrays."""
-  for d in scenes:
+  for d in grouping_scenes:
     poses, _ = grouping.parse_top_k(d['val_k'][0], d['loc_k'][0], d['tag_k'][0], d['hm'],
                                     d['tg'], S(config), adjust=False, refine=False)
     np.testing.assert_array_equal(poses, d['matched'])
 
 
 @pytest.mark.parametrize('mode', sorted(MODES))
-def test_parse_parity_all_scenes(scenes, config, mode):
+def test_parse_parity_all_scenes(grouping_scenes, config, mode):
   adjust, refine = MODES[mode]
-  for i, d in enumerate(scenes):
+  for i, d in enumerate(grouping_scenes):
     poses, scores = grouping.parse(d['hm'], d['tg'], S(config), adjust=adjust, refine=refine)
     assert poses.dtype == np.float32 and scores.dtype == np.float32
     assert poses.shape == d[f'grouped_{mode}'].shape, i
@@ -227,7 +221,7 @@ def _baseline():
 
 
 @pytest.mark.parametrize('num_tags', [1, 9])
-def test_other_tag_widths_and_no_detection_value(scenes, num_tags):
+def test_other_tag_widths_and_no_detection_value(grouping_scenes, num_tags):
   """No fixture covers T = 1 (NumPy then averages with pairwise sums), T >= 8 (pairwise
   squared-distance sums) or use_detection_val=False: cross-check with the plain NumPy +
   munkres 1.1.4 rendering of the official algorithm in bench/grouping.py (exact)."""
@@ -235,7 +229,7 @@ def test_other_tag_widths_and_no_detection_value(scenes, num_tags):
   baseline = _baseline()
   c = base_config()
   rng = np.random.default_rng(num_tags)
-  for d in scenes[:3]:
+  for d in grouping_scenes[:3]:
     tg = d['tg'][..., [0] * num_tags]
     tg = np.ascontiguousarray(tg + rng.normal(0, 0.02, tg.shape).astype(np.float32))
     for use_val in (True, False):
@@ -278,10 +272,10 @@ def test_parse_top_k_rejects_bad_candidates(config):
     grouping.parse_top_k(val_k[:, :1], loc_k, tag_k, hm, tg, S(config))
 
 
-def test_parse_from_several_threads(scenes, config):
+def test_parse_from_several_threads(grouping_scenes, config):
   """GIL-free kernels on shared read-only inputs: concurrent calls stay exact."""
   from concurrent.futures import ThreadPoolExecutor
-  picked = [scenes[i] for i in (1, 5, 11, 16, 18, 2)]
+  picked = [grouping_scenes[i] for i in (1, 5, 11, 16, 18, 2)]
   with ThreadPoolExecutor(3) as pool:
     results = list(pool.map(lambda d: grouping.parse(d['hm'], d['tg'], S(config)), picked))
   for d, (poses, scores) in zip(picked, results):
@@ -289,12 +283,12 @@ def test_parse_from_several_threads(scenes, config):
     np.testing.assert_array_equal(scores, d['scores_TT'])
 
 
-def test_valid_region_of_padded_maps_is_the_crop(scenes, config):
+def test_valid_region_of_padded_maps_is_the_crop(grouping_scenes, config):
   """A batch's maps are padded to a common size; with `valid_hw` the padding (here large
   values and NaN, which would win the NMS, refine and the finiteness check) is never read
   and nothing is copied."""
   for i in (3, 10, 15):
-    d = scenes[i]
+    d = grouping_scenes[i]
     h, w, k = d['hm'].shape
     hm = np.full((h + 5, w + 7, k), 9.0, np.float32)
     tg = np.full((h + 5, w + 7, k, 2), np.nan, np.float32)

@@ -9,15 +9,9 @@ so people, order and scores must be identical, not close.
 import numpy as np
 import pytest
 
+from grouping_entry_points import MODES  # tests/inference/grouping_entry_points.py
 from higherhrnet_jax.config import base_config
 from higherhrnet_jax.inference import grouping, grouping_device
-
-MODES = {'TT': (True, True), 'TF': (True, False), 'FF': (False, False)}
-
-
-@pytest.fixture(scope='module')
-def scenes(grouping_scenes):
-  return grouping_scenes
 
 
 @pytest.fixture(scope='module')
@@ -26,20 +20,20 @@ def device():
 
 
 @pytest.mark.parametrize('mode', sorted(MODES))
-def test_device_split_parity_all_scenes(scenes, device, mode):
+def test_device_split_parity_all_scenes(grouping_scenes, device, mode):
   adjust, refine = MODES[mode]
-  for i, d in enumerate(scenes):
+  for i, d in enumerate(grouping_scenes):
     poses, scores = device.parse(d['hm'], d['tg'], adjust=adjust, refine=refine)
     np.testing.assert_array_equal(poses, d[f'grouped_{mode}'], err_msg=f'scene {i}')
     np.testing.assert_array_equal(scores, d[f'scores_{mode}'], err_msg=f'scene {i}')
 
 
-def test_padded_maps_and_one_tag_channel(scenes, device):
+def test_padded_maps_and_one_tag_channel(grouping_scenes, device):
   """Zero padding beyond the valid region (as the predictor's batches) and T = 1 (no flip
   test): the same people as the host path on the crop."""
   spec = device.spec
   for i in (3, 10, 15):
-    d = scenes[i]
+    d = grouping_scenes[i]
     h, w, k = d['hm'].shape
     for tg in (d['tg'], np.ascontiguousarray(d['tg'][..., :1])):
       hm = np.zeros((h + 6, w + 10, k), np.float32)
@@ -74,8 +68,8 @@ def test_tied_maps_keep_the_first_maximum(device):
 
 
 @pytest.mark.parametrize('where', ['heatmaps', 'tags'])
-def test_non_finite_maps_raise(scenes, device, where):
-  d = scenes[0]
+def test_non_finite_maps_raise(grouping_scenes, device, where):
+  d = grouping_scenes[0]
   hm, tg = d['hm'].copy(), d['tg'].copy()
   (hm if where == 'heatmaps' else tg)[3, 4, 5] = np.nan
   with pytest.raises(ValueError, match='NaN or infinite'):
@@ -125,7 +119,7 @@ def test_device_grouping_on_a_batch_split_over_two_devices(fixtures_dir, coco_sa
   assert result['same'] is True
 
 
-def test_more_people_than_one_scan_call(scenes):
+def test_more_people_than_one_scan_call(grouping_scenes):
   """Refine scans people in calls of `chunk` (one program per map shape); with
   max_num_people = 3 (chunk 4) scenes hold more people than one call: same as the host."""
   c = base_config()
@@ -134,7 +128,7 @@ def test_more_people_than_one_scan_call(scenes):
   device = grouping_device.DeviceGrouping(spec)
   assert device.chunk == 4
   most = 0
-  for i, d in enumerate(scenes):
+  for i, d in enumerate(grouping_scenes):
     ours = device.parse(d['hm'], d['tg'])
     ref = grouping.parse(d['hm'], d['tg'], spec)
     most = max(most, len(ref[1]))

@@ -39,7 +39,7 @@ def test_predictor_equals_the_reference_composition(setup):
   # Reference: the jitted network + aggregation of `outputs`, then `grouping.parse` on the
   # unpadded maps and the official map back to the image.
   model = predictor.model
-  options = compile_lib.NO_YNN_CONVOLUTION if jax.default_backend() == 'cpu' else None
+  options = compile_lib.cpu_forward_options() if jax.default_backend() == 'cpu' else None
   fn = composed.jit_inference(lambda v, x: model.apply(v, x, train=False), predictor.spec,
                               options)
   prep = transforms.prepare_test_input(image, config.data.input_size, config.test.scale_factor)
