@@ -326,7 +326,8 @@ class TrainIterator(grain.DatasetIterator):
       if close is not None:
         close()
       self._it = None
-      _wait_for_shared_memory_release()
+      if self.worker_count > 0:  # only workers hand batches over in shared memory
+        _wait_for_shared_memory_release()
 
   def __str__(self) -> str:
     return (f'TrainIterator(step={self.step}, steps_per_epoch={self.steps_per_epoch}, '
