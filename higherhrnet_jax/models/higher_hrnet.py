@@ -39,19 +39,20 @@ class HigherHead(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
 
-  def _final(self, index: int) -> nn.Conv:
+  def _final(self, index: int, train: bool) -> nn.Conv:
     k = self.final_conv_kernel
     pad = 1 if k == 3 else 0  # official: padding 1 for kernel 3, else 0
     return nn.Conv(self.output_channels[index], (k, k), padding=((pad, pad), (pad, pad)),
                    use_bias=True, dtype=self.dtype, param_dtype=jnp.float32,
                    kernel_init=conv_init, bias_init=nn.initializers.zeros,
-                   conv_general_dilated=convolution_for(k), name=f'final_layers_{index}')
+                   conv_general_dilated=convolution_for(k, inference=not train),
+                   name=f'final_layers_{index}')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     common = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                   axis_name=self.axis_name)
-    y = self._final(0)(x)
+    y = self._final(0, train)(x)
     outputs = [y]
     for i, spec in enumerate(self.deconvs):
       if spec.cat_output:
@@ -64,7 +65,7 @@ class HigherHead(nn.Module):
       for b in range(spec.num_basic_blocks):
         x = BasicBlock(spec.num_channels, **common, name=f'deconv_layers_{i}_{b + 1}_0')(x, train)
       self.sow('intermediates', f'deconv_layers_{i}', x)
-      y = self._final(i + 1)(x)
+      y = self._final(i + 1, train)(x)
       outputs.append(y)
     return outputs
 

@@ -138,7 +138,7 @@ class Transition(nn.Module):
       if i < n_pre:
         x = xs[i]
         if self.in_channels[i] != c_out:
-          x = conv(c_out, 3, dtype=self.dtype, name=f'{i}_0')(x)
+          x = conv(c_out, 3, dtype=self.dtype, name=f'{i}_0', inference=not train)(x)
           x = relu(BatchNorm(**bn, name=f'{i}_1')(x, train))
       else:
         x = xs[-1]

@@ -52,6 +52,7 @@ class PoseHRNet(nn.Module):
     pad = 1 if k == 3 else 0  # official: padding 1 for kernel 3, else 0
     y = nn.Conv(self.num_joints, (k, k), padding=((pad, pad), (pad, pad)), use_bias=True,
                 dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_init,
-                bias_init=nn.initializers.zeros, conv_general_dilated=convolution_for(k),
+                bias_init=nn.initializers.zeros,
+                conv_general_dilated=convolution_for(k, inference=not train),
                 name='final_layer')(feats[0])
     return y.astype(jnp.promote_types(self.dtype, jnp.float32))

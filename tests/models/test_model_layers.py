@@ -12,7 +12,8 @@ import pytest
 from higherhrnet_jax import config as config_lib
 from higherhrnet_jax import models
 from higherhrnet_jax.models import DeconvSpec, HigherHead
-from higherhrnet_jax.models.layers import (BatchNorm, ConvTranspose4x4, pointwise_conv, relu,
+from higherhrnet_jax.models.layers import (BatchNorm, ConvTranspose4x4, convolution_for,
+                                           cpu_inference_conv, pointwise_conv, relu,
                                            upsample_nearest)
 
 CONFIGS = pathlib.Path(__file__).parents[2] / 'configs'
@@ -128,6 +129,59 @@ def test_pointwise_conv_is_the_1x1_convolution():
     pointwise_conv(x, jnp.zeros((3, 3, 48, 24)), *args)
   with pytest.raises(ValueError, match='not a plain 1x1'):
     pointwise_conv(x, w, (2, 2), ((0, 0), (0, 0)))
+
+
+def _conv3x3_args():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 9, 7, 32)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 32, 24)), jnp.float32)
+  return x, w, ((1, 1), ((1, 1), (1, 1))), ('NHWC', 'HWIO', 'NHWC')
+
+
+def test_cpu_inference_conv_is_the_convolution_with_its_gradient():
+  x, w, args, dn = _conv3x3_args()
+  plain = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)
+  taller = lambda x, w: cpu_inference_conv(x, w, *args, dimension_numbers=dn)
+  want, got = np.asarray(plain(x, w)), np.asarray(jax.jit(taller)(x, w))
+  assert got.shape == want.shape
+  # The same 9 * 32 products per output, summed by another kernel in another order: at
+  # most 288 float32 roundings of the sum of their magnitudes.
+  magnitude = np.asarray(jax.lax.conv_general_dilated(jnp.abs(x), jnp.abs(w), *args,
+                                                      dimension_numbers=dn,
+                                                      precision='highest'))
+  assert np.all(np.abs(got - want) <= 288 * np.finfo(np.float32).eps * magnitude)
+  # The gradient is the plain convolution's own program: bitwise equal for the same
+  # output cotangent (a linear loss, so that it does not depend on the outputs).
+  cotangent = jnp.asarray(np.random.default_rng(3).standard_normal(want.shape), jnp.float32)
+  loss = lambda f: (lambda x, w: jnp.sum(f(x, w) * cotangent))
+  for a, b in zip(jax.jit(jax.grad(loss(plain), (0, 1)))(x, w),
+                  jax.jit(jax.grad(loss(taller), (0, 1)))(x, w)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match='not a stride-1'):
+    cpu_inference_conv(x, w, (2, 2), args[1], dimension_numbers=dn)
+
+
+def test_cpu_inference_conv_leaves_ynnpack_for_the_multithreaded_kernel():
+  """The reason `cpu_inference_conv` exists: XLA:CPU must not give it to YNNPACK.
+
+  If this fails, XLA changed how it picks convolution kernels; the layer then costs one
+  output row for nothing and should be revisited (`models/layers.py`).
+  """
+  if jax.default_backend() != 'cpu':
+    pytest.skip('an XLA:CPU routing property')
+  x, w, args, dn = _conv3x3_args()
+
+  def uses_ynnpack(f):
+    hlo = jax.jit(f).lower(x, w).compile().as_text()
+    return bool(re.search(r'ynn_fusion[^\n]*\bkind=kCustom', hlo))
+
+  if not uses_ynnpack(lambda x, w: jax.lax.conv_general_dilated(x, w, *args,
+                                                                 dimension_numbers=dn)):
+    pytest.skip('this XLA:CPU does not give convolutions to YNNPACK')
+  assert not uses_ynnpack(lambda x, w: cpu_inference_conv(x, w, *args, dimension_numbers=dn))
+  assert convolution_for(3, inference=True) is cpu_inference_conv
+  assert convolution_for(3) is None and convolution_for(3, 2, inference=True) is None
+  assert convolution_for(1, inference=True) is pointwise_conv
 
 
 @pytest.fixture(scope='module')
