@@ -3,9 +3,11 @@
 XLA:CPU hands convolutions to YNNPACK by default, whose convolution kernels run on one
 thread here; Eigen's use the whole intra-op pool. On the 2-core AMD EPYC (AVX-512) the
 W32-512 forward takes 530 ms with Eigen's against 660 ms with YNNPACK's, and a single
-3x3 convolution of 32 channels at 128x128 1.7 ms against 2.9 ms. A training step gains
-nothing (its time goes to the gradient convolutions), so only inference asks for it. The
-option changes which kernel runs, so the last bits of the outputs, not the computation.
+3x3 convolution of 32 channels at 128x128 1.7 ms against 2.9 ms. A training step is
+slower with it (W32: 1.9 against 1.3 s; Eigen's kernel gradients are slow), so only
+inference asks for it. The models' own forward pass already sends its stride-1
+convolutions to Eigen (`models.layers.cpu_inference_conv`); this option adds the rest. It
+changes which kernel runs, so the last bits of the outputs, not the computation.
 """
 
 from __future__ import annotations
