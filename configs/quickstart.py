@@ -5,8 +5,8 @@
 Writes 2,000 training and 100 validation scenes (128x128, COCO format) under
 <workdir>/data if they are not there, trains for a few minutes, evaluates the held-out
 split with the full test loop (three scales, flip test, adjust, refine, pycocotools) and
-writes metrics.json, TensorBoard logs and pictures to the workdir. The same command line runs
-a real COCO job with a COCO config (`configs/coco/...`).
+writes metrics.json, TensorBoard logs and pictures to the workdir. The same command line
+runs a real COCO job with a COCO config (`configs/coco/...`).
 
 Global batch 16 (all devices together); Adam 2e-3 with a half-epoch warm-up, x0.1 after
 epoch 13.

@@ -88,7 +88,7 @@ def pointwise_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_
 def cpu_inference_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
                        lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                        feature_group_count: int = 1, precision=None) -> jax.Array:
-  """A stride-1 convolution computed one output row taller, the extra row sliced off.
+  """A stride-1 NHWC convolution computed one output row taller, the extra row sliced off.
 
   XLA:CPU hands an NHWC convolution to YNNPACK, whose kernels run on one thread here,
   unless its output is taller than its input; then Eigen's convolution runs it on the
@@ -99,15 +99,14 @@ def cpu_inference_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
   plain one (a W32 train step 11.5 against 1.4 s), so the gradient is the plain
   convolution's. Takes `lax.conv_general_dilated`'s arguments.
   """
-  plain = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides,
-                            padding=padding, lhs_dilation=lhs_dilation,
-                            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                            feature_group_count=feature_group_count, precision=precision)
   if tuple(window_strides) != (1, 1) or any(d not in (None, (1, 1)) for d in (lhs_dilation,
                                                                               rhs_dilation)):
     raise ValueError(f'cpu_inference_conv: not a stride-1 convolution (strides '
                      f'{window_strides}, dilations {lhs_dilation}, {rhs_dilation})')
-  (top, bottom), cols = padding
+  plain = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides,
+                            padding=padding, dimension_numbers=dimension_numbers,
+                            feature_group_count=feature_group_count, precision=precision)
+  (top, bottom), cols = padding  # rows are the first spatial dimension (NHWC)
 
   @jax.custom_vjp
   def taller(x, k):
