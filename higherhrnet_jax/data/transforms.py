@@ -69,6 +69,7 @@ class SampleConfig:
   max_num_people: int
   tag_per_joint: bool
   flip_index: tuple[int, ...]
+  codec: str = 'official'
 
   @classmethod
   def from_config(cls, config: Any) -> SampleConfig:
@@ -91,6 +92,7 @@ class SampleConfig:
         max_num_people=int(d.max_num_people),
         tag_per_joint=bool(config.model.tag_per_joint),
         flip_index=spec.flip_index,
+        codec=str(d.codec),
     )
 
 
@@ -294,7 +296,8 @@ def make_train_sample(image_rgb_uint8: np.ndarray, joints: np.ndarray, mask: np.
   for s, res in enumerate(c.output_size):
     j = a[f'joints_xy_{s}']
     sigma = targets.person_sigmas(j, c.sigma, c.scale_aware_sigma)
-    out[f'heatmaps_{s}'] = targets.heatmaps(j, res, sigma)
+    draw = targets.subpixel_heatmaps if c.codec == 'dark' else targets.heatmaps
+    out[f'heatmaps_{s}'] = draw(j, res, sigma)
     out[f'masks_{s}'] = a[f'mask_{s}']
     out[f'joints_{s}'] = targets.joint_indices(j, res, c.max_num_people, c.tag_per_joint)
   return out

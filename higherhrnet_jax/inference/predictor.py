@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from higherhrnet_jax import models
+from higherhrnet_jax import models, subpixel
 from higherhrnet_jax.inference import compile as compile_lib
 from higherhrnet_jax.inference import grouping
 from higherhrnet_jax.inference import grouping_device
@@ -112,6 +112,8 @@ class Predictor:
                     'images': 0}
     self._compiled: set[str] = set()
     self._host_threads = os.cpu_count() or 1
+    # data.codec 'dark': DARK's step at every decoded joint instead of the quarter pixel.
+    self._dark_blur = int(t.dark_blur_kernel) if config.data.codec == 'dark' else 0
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
   def set_variables(self, variables) -> None:
@@ -246,6 +248,8 @@ class Predictor:
         poses, scores = self._device_grouping.finish(tuple(a[b] for a in cands), final[b],
                                                      tags[b], hw, adjust=adjust,
                                                      refine=refine)
+      if self._dark_blur:
+        poses = subpixel.dark_poses(poses, final[b][:hw[0], :hw[1]], self._dark_blur)
       poses = transforms.get_final_preds(poses, inp.center, inp.scale, inp.base_size)
       return Prediction(poses, scores)
 

@@ -24,14 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# OpenCV's tabulated kernels for `cv2.GaussianBlur(..., ksize, 0)` with ksize <= 7; larger
-# kernels are sampled from a Gaussian with sigma = 0.3 ((ksize - 1) / 2 - 1) + 0.8.
-_CV_SMALL_KERNELS = {
-    1: (1.,),
-    3: (0.25, 0.5, 0.25),
-    5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
-    7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
-}
+from higherhrnet_jax.subpixel import blur_kernel_1d
 
 
 def encode_unbiased(joints_xy: np.ndarray, visible: np.ndarray, heatmap_size_wh: Sequence[int],
@@ -70,18 +63,6 @@ def encode_unbiased(joints_xy: np.ndarray, visible: np.ndarray, heatmap_size_wh:
   g = np.exp(-(dx2 + dy2) / (2 * sigma * sigma)).astype(np.float32)  # [K, h, w]
   target = np.where(draw[:, None, None], g, np.float32(0))
   return np.ascontiguousarray(target.transpose(1, 2, 0)).reshape(h, w, k), weight
-
-
-def blur_kernel_1d(kernel_size: int) -> np.ndarray:
-  """The 1-D kernel of `cv2.GaussianBlur(x, (k, k), 0)`, float64, sums to 1."""
-  if kernel_size % 2 != 1 or kernel_size < 1:
-    raise ValueError(f'blur kernel size must be odd and positive, got {kernel_size}')
-  if kernel_size in _CV_SMALL_KERNELS:
-    return np.asarray(_CV_SMALL_KERNELS[kernel_size], np.float64)
-  s = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
-  t = np.arange(kernel_size, dtype=np.float64) - (kernel_size - 1) / 2
-  g = np.exp(-t * t / (2 * s * s))
-  return g / g.sum()
 
 
 def _conv_axis(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:

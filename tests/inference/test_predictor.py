@@ -229,3 +229,30 @@ def test_device_grouping_gives_the_host_results(setup):
     np.testing.assert_array_equal(g.poses, w.poses)
     np.testing.assert_array_equal(g.scores, w.scores)
   assert device_predictor.timings['compile'] > 0  # refine scans compiled ahead, timed apart
+
+
+def test_dark_codec_moves_only_the_decoded_joints(setup):
+  """`data.codec=dark`: the same people and scores as the official decoding, each found
+  joint at its pixel centre plus DARK's step instead of the quarter pixel (the two differ
+  by at most 0.25 + 0.5 heatmap pixels); maps on the host or left on the device agree."""
+  config, variables, official, images = setup
+  overrides = ['data.codec=dark', 'test.dark_blur_kernel=3']
+  dark = Predictor(config_lib.validate(config_lib.apply_overrides(
+      config.copy_and_resolve_references(), overrides)), variables)
+  on_device = Predictor(config_lib.validate(config_lib.apply_overrides(
+      config.copy_and_resolve_references(), overrides + ['test.grouping_on=device'])), variables)
+  inputs = [official.prepare(im) for im in images[:2]]
+  want = official.collect(official.dispatch(inputs))
+  got = dark.collect(dark.dispatch(inputs))
+  got_device = on_device.collect(on_device.dispatch(inputs))
+  moved = 0
+  for inp, g, gd, w in zip(inputs, got, got_device, want):
+    np.testing.assert_array_equal(g.scores, w.scores)
+    np.testing.assert_array_equal(g.poses[..., 2:], w.poses[..., 2:])
+    np.testing.assert_array_equal(gd.poses, g.poses)
+    # Heatmap pixels at image resolution map back by the image / input size ratio (<= 1
+    # scale for these inputs, plus float32 rounding of the affine map).
+    px = np.asarray(inp.scale, np.float64) * 200 / np.asarray(inp.base_size, np.float64)
+    assert np.abs(g.poses[..., :2] - w.poses[..., :2]).max() <= 0.75 * np.max(px) + 1e-3
+    moved += int(np.sum(np.abs(g.poses[..., :2] - w.poses[..., :2]) > 1e-3))
+  assert moved > 0
