@@ -3,6 +3,7 @@
 Both generators reproduce the official `HeatmapGenerator` / `ScaleAwareHeatmapGenerator` /
 `JointsGenerator` bit for bit, but write NHWC maps (`[R, R, K]`) directly and run the
 per-joint window loop in numba, because this is the hot loop of the input pipeline.
+`subpixel_heatmaps` is the 'dark' codec's alternative to the official heatmaps.
 
 Semantics kept for parity (see the official fixtures' `targets.npz`):
   * joint coordinates are truncated toward zero (Python `int()`), so (-1, 0) maps to 0;
