@@ -10,13 +10,14 @@ of the fixtures). Another OpenCV 5 release rounds a few interpolations different
 about 10% of them by up to 5 levels.
 """
 
+import dataclasses
 import functools
 
 import numpy as np
 import pytest
 
 from higherhrnet_jax import config as config_lib
-from higherhrnet_jax.data import coco, normalization, transforms
+from higherhrnet_jax.data import coco, normalization, targets, transforms
 
 import numerics
 
@@ -108,6 +109,25 @@ def test_make_train_sample_matches_official(src, cfg, fixtures_dir, fixture):
       assert_warp_matches(out[f'masks_{s}'], d[p + f'mask_{res}'])
       assert out[f'joints_{s}'].dtype == np.int32
       np.testing.assert_array_equal(out[f'joints_{s}'], d[p + f'joints_{res}'])
+
+
+def test_dark_codec_sample_draws_subpixel_targets_at_the_official_joints(src, cfg, fixtures_dir):
+  """`data.codec=dark` changes the heatmaps only: sub-pixel Gaussians at the official
+  warped joints; image, masks and the joint indices of the tag loss stay official."""
+  d = np.load(fixtures_dir / FIXTURES[0])
+  dark_cfg = dataclasses.replace(transforms.SampleConfig.from_config(cfg), codec='dark')
+  p = 'sample0_'
+  ex = src.train_example(int(d[p + 'dataset_index']))
+  out = transforms.make_train_sample(ex['image'], ex['joints'], ex['mask'], _draws(d, p),
+                                     dark_cfg)
+  warped = transforms.augment(ex['image'], ex['joints'], ex['mask'], _draws(d, p), dark_cfg)
+  for s, res in enumerate((128, 256)):
+    # The official warp of the joints (checked against the fixture above).
+    want = targets.subpixel_heatmaps(warped[f'joints_xy_{s}'], res, 2.0)
+    np.testing.assert_array_equal(out[f'heatmaps_{s}'], want)
+    assert not np.array_equal(want.transpose(2, 0, 1), d[p + f'heatmap_{res}'])
+    np.testing.assert_array_equal(out[f'joints_{s}'], d[p + f'joints_{res}'])
+    assert_warp_matches(out[f'masks_{s}'], d[p + f'mask_{res}'])
 
 
 def test_fixture_covers_zero_rotation_and_flip(fixtures_dir):
