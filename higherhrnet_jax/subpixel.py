@@ -13,8 +13,6 @@ window around each joint.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -73,15 +71,15 @@ def dark_offsets(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, joint: np.n
   h, w = heatmaps.shape[:2]
   taps = blur_kernel_1d(blur_kernel)
   m = len(taps) // 2 + 2  # the blur's reach plus the +-2 finite differences
-  # Maps still on a device are read there: only the windows travel to the host.
-  xp = jnp if isinstance(heatmaps, jax.Array) else np
-  padded = xp.pad(heatmaps, ((m, m), (m, m), (0, 0)))
-  cx = np.clip(x, 0, w - 1) + m
-  cy = np.clip(y, 0, h - 1) + m
   span = np.arange(-m, m + 1)
-  window = np.asarray(padded[cy[:, None, None] + span[None, :, None],
-                             cx[:, None, None] + span[None, None, :], joint[:, None, None]],
+  rows = np.clip(y, 0, h - 1)[:, None] + span  # [N, 2m + 1]
+  cols = np.clip(x, 0, w - 1)[:, None] + span
+  # Only the windows are read (maps still on a device are read there), without padding
+  # the whole map: positions outside it are read clipped, then zeroed.
+  window = np.asarray(heatmaps[np.clip(rows, 0, h - 1)[:, :, None],
+                               np.clip(cols, 0, w - 1)[:, None, :], joint[:, None, None]],
                       np.float64)  # [N, 2m + 1, 2m + 1]
+  window *= ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
   rows = sliding_window_view(window, len(taps), axis=1) @ taps  # [N, 5, 2m + 1]
   blurred = sliding_window_view(rows, len(taps), axis=2) @ taps  # [N, 5, 5], centre [2, 2]
   f = np.log(np.maximum(blurred, 1e-10))
