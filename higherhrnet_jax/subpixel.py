@@ -80,8 +80,8 @@ def dark_offsets(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, joint: np.n
                                np.clip(cols, 0, w - 1)[:, None, :], joint[:, None, None]],
                       np.float64)  # [N, 2m + 1, 2m + 1]
   window *= ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-  rows = sliding_window_view(window, len(taps), axis=1) @ taps  # [N, 5, 2m + 1]
-  blurred = sliding_window_view(rows, len(taps), axis=2) @ taps  # [N, 5, 5], centre [2, 2]
+  down = sliding_window_view(window, len(taps), axis=1) @ taps  # [N, 5, 2m + 1]
+  blurred = sliding_window_view(down, len(taps), axis=2) @ taps  # [N, 5, 5], centre [2, 2]
   f = np.log(np.maximum(blurred, 1e-10))
   gx = 0.5 * (f[:, 2, 3] - f[:, 2, 1])
   gy = 0.5 * (f[:, 3, 2] - f[:, 1, 2])
@@ -100,7 +100,8 @@ def dark_poses(poses: np.ndarray, heatmaps: np.ndarray, blur_kernel: int = 5) ->
   """Bottom-up poses with each found joint at its pixel centre plus DARK's offset.
 
   Grouping puts a joint at `i + 0.5` plus the official quarter-pixel step (`adjust`, and
-  refine's own); the pixel `i` is recovered as the floor and the step replaced.
+  refine's own), or at `i` without adjust; the pixel `i` is recovered as the floor and the
+  step replaced.
 
   Args:
     poses: `[P, K, 3+]` rows `(x, y, score, ...)` in heatmap pixels, missing joints with
