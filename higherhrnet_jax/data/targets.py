@@ -81,6 +81,24 @@ def _visible_inside(joints: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarra
   return ok, xi, yi
 
 
+def _drawn_joints(joints: np.ndarray, res: int, sigma: float | np.ndarray,
+                  out: np.ndarray | None):
+  """What both heatmap generators start from: the maps to draw into, and the joints the
+  official rule draws (visible, truncated position inside the map) as rows `(x, y, v)`,
+  their truncated `x` and `y`, their joint type and their sigma."""
+  joints = np.asarray(joints, np.float64)
+  n, k = joints.shape[0], joints.shape[1]
+  hms = np.zeros((res, res, k), np.float32) if out is None else out
+  ok, xi, yi = _visible_inside(joints[..., :3], res)
+  person, joint = np.nonzero(ok)
+  if np.ndim(sigma) > 0:
+    sig = np.asarray(sigma, np.float64).reshape(n)[person]
+  else:
+    sig = np.full(len(person), float(sigma))
+  return (hms, joints[person, joint], xi[person, joint], yi[person, joint],
+          joint.astype(np.int64), sig)
+
+
 def heatmaps(joints: np.ndarray, res: int, sigma: float | np.ndarray,
              out: np.ndarray | None = None) -> np.ndarray:
   """Official heatmap targets for one image, NHWC.
@@ -95,23 +113,10 @@ def heatmaps(joints: np.ndarray, res: int, sigma: float | np.ndarray,
   Returns:
     `[R, R, K]` float32 heatmaps.
   """
-  joints = np.asarray(joints, np.float64)
-  n, k = joints.shape[0], joints.shape[1]
-  hms = np.zeros((res, res, k), np.float32) if out is None else out
-  ok, xi, yi = _visible_inside(joints[..., :3], res)
-  if not ok.any():
+  hms, _, xs, ys, joint, sig_n = _drawn_joints(joints, res, sigma, out)
+  if len(joint) == 0:
     return hms
-  person, joint = np.nonzero(ok)
-  xs, ys = xi[person, joint], yi[person, joint]
-  per_person = np.ndim(sigma) > 0
-  if per_person:
-    sig = np.asarray(sigma, np.float64).reshape(n)
-    uniq, inv = np.unique(sig[person], return_inverse=True)
-    sig_n = uniq[inv]
-  else:
-    uniq = np.asarray([float(sigma)])
-    inv = np.zeros(len(person), np.int64)
-    sig_n = np.full(len(person), float(sigma))
+  uniq, inv = np.unique(sig_n, return_inverse=True)
   kernels = [_kernel_f32(s) for s in uniq]
   size = max(g.shape[0] for g in kernels)
   stack = np.zeros((len(kernels), size, size), np.float32)
@@ -123,7 +128,7 @@ def heatmaps(joints: np.ndarray, res: int, sigma: float | np.ndarray,
   uly = np.round(ys - 3 * sig_n - 1).astype(np.int64)
   brx = np.round(xs + 3 * sig_n + 2).astype(np.int64)
   bry = np.round(ys + 3 * sig_n + 2).astype(np.int64)
-  return _draw(hms, stack, inv.astype(np.int64), ks, joint.astype(np.int64), xs, ys,
+  return _draw(hms, stack, inv.astype(np.int64), ks, joint, xs, ys,
                ulx, uly, brx, bry)
 
 
@@ -162,19 +167,10 @@ def subpixel_heatmaps(joints: np.ndarray, res: int, sigma: float | np.ndarray,
 
   Args and returns as :func:`heatmaps`.
   """
-  joints = np.asarray(joints, np.float64)
-  n, k = joints.shape[0], joints.shape[1]
-  hms = np.zeros((res, res, k), np.float32) if out is None else out
-  ok, _, _ = _visible_inside(joints[..., :3], res)
-  if not ok.any():
+  hms, used, _, _, joint, sig = _drawn_joints(joints, res, sigma, out)
+  if len(joint) == 0:
     return hms
-  person, joint = np.nonzero(ok)
-  if np.ndim(sigma) > 0:
-    sig = np.asarray(sigma, np.float64).reshape(n)[person]
-  else:
-    sig = np.full(len(person), float(sigma))
-  return _draw_subpixel(hms, joint.astype(np.int64), joints[person, joint, 0] - 0.5,
-                        joints[person, joint, 1] - 0.5, sig)
+  return _draw_subpixel(hms, joint, used[:, 0] - 0.5, used[:, 1] - 0.5, sig)
 
 
 def joint_indices(joints: np.ndarray, res: int, max_num_people: int,
