@@ -30,7 +30,8 @@ CONFIGS = {
 }
 
 
-def child(name: str, batch: int, size: int, steps: int, dtype: str) -> dict:
+def child(name: str, batch: int, size: int, steps: int, dtype: str,
+          overrides: list[str]) -> dict:
   """Measures one configuration in this process."""
   sys.path.insert(0, str(REPO))
   import jax
@@ -41,7 +42,7 @@ def child(name: str, batch: int, size: int, steps: int, dtype: str) -> dict:
   from higherhrnet_jax.training import optim, sharding, state as state_lib, step as step_lib
 
   config = config_lib.load_config(REPO / CONFIGS[name], [
-      f'data.input_size={size}', f'train.batch_size={batch}', f'model.dtype={dtype}'])
+      f'data.input_size={size}', f'train.batch_size={batch}', f'model.dtype={dtype}', *overrides])
   model = models.build(config.model)
   mesh = sharding.make_mesh()
   tx, schedule = optim.make_optimizer(config, 1000)
@@ -70,7 +71,7 @@ def child(name: str, batch: int, size: int, steps: int, dtype: str) -> dict:
       'steps_per_s': steps / dt, 'samples_per_s': steps * batch / dt, 'step_ms': 1000 * dt / steps,
       'compile_s': compile_s, 'init_s': init_s, 'peak_rss_mb': peak_kb / 1024.0,
       'params': state_lib.param_count(state.params), 'loss': float(m['loss']),
-      'device': f'{jax.devices()[0].platform}:{len(jax.devices())}', 'cpu_count': os.cpu_count(),
+      'overrides': overrides, 'device': f'{jax.devices()[0].platform}:{len(jax.devices())}', 'cpu_count': os.cpu_count(),
   }
 
 
@@ -80,17 +81,20 @@ def main() -> None:
                  help='comma list of config:batch:input_size (configs: %s)' % ', '.join(CONFIGS))
   p.add_argument('--steps', type=int, default=5, help='timed steps after one warm-up step')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='config override for every run, e.g. model.deconv.num_channels=(24,)')
   p.add_argument('--json', action='store_true', help='also print one JSON object per run')
   p.add_argument('--child', help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
     name, batch, size = args.child.split(':')
-    print(json.dumps(child(name, int(batch), int(size), args.steps, args.dtype)))
+    print(json.dumps(child(name, int(batch), int(size), args.steps, args.dtype, args.set)))
     return
   results = []
   for run in args.runs.split(','):
     proc = subprocess.run([sys.executable, __file__, '--child', run, '--steps', str(args.steps),
-                           '--dtype', args.dtype], capture_output=True, text=True)
+                           '--dtype', args.dtype, *(f'--set={o}' for o in args.set)],
+                          capture_output=True, text=True)
     if proc.returncode:
       sys.exit(f'run {run} failed:\n{proc.stderr[-3000:]}')
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -92,6 +92,7 @@ def train_block(**overrides) -> ConfigDict:
       num_steps=0,  # > 0 overrides end_epoch (for short runs)
       optimizer='adam',
       lr=1e-3,
+      lr_schedule='step',  # 'step': x lr_factor at each lr_step epoch; 'cosine': to 0 at the end
       lr_factor=0.1,
       lr_step=(200, 260),  # epochs
       warmup_epochs=0.0,
@@ -137,3 +138,5 @@ def validate_common(c: ConfigDict) -> None:
   require(c.train.batch_size > 0, 'train.batch_size', 'must be positive')
   require(c.train.grad_accum_steps >= 1, 'train.grad_accum_steps', 'must be >= 1')
   require(c.train.optimizer in ('adam', 'adamw', 'sgd'), 'train.optimizer', 'adam | adamw | sgd')
+  require(c.train.lr_schedule in ('step', 'cosine'), 'train.lr_schedule',
+          f"'step' or 'cosine', got {c.train.lr_schedule!r}")

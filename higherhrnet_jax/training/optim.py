@@ -59,7 +59,11 @@ def total_updates(config: ml_collections.ConfigDict, updates_per_epoch: float) -
 def learning_rate_schedule(
     config: ml_collections.ConfigDict, updates_per_epoch: float
 ) -> optax.Schedule:
-  """Step decay at `train.lr_step` epochs (x`train.lr_factor`) after optional linear warm-up.
+  """The `train.lr_schedule` decay after an optional linear warm-up.
+
+  'step' (official): x`train.lr_factor` at each epoch of `train.lr_step`. 'cosine': half a
+  cosine from `lr` to 0 over the updates after the warm-up, which suits short budgets
+  where no epoch count is natural.
 
   Args:
     config: full config.
@@ -70,13 +74,20 @@ def learning_rate_schedule(
   """
   t = config.train
   lr = base_learning_rate(config)
+  warmup = int(math.ceil(float(t.warmup_epochs) * updates_per_epoch))
+  if t.lr_schedule == 'cosine':
+    decay_updates = max(1, total_updates(config, updates_per_epoch) - warmup)
+    decay = optax.cosine_decay_schedule(lr, decay_updates)
+    if warmup <= 0:
+      return decay
+    ramp = optax.linear_schedule(lr / warmup, lr, warmup)
+    return optax.join_schedules([ramp, decay], [warmup])
   boundaries = {}
   for epoch in t.lr_step:
     b = int(round((epoch - t.begin_epoch) * updates_per_epoch))
     if b > 0:
       boundaries[b] = boundaries.get(b, 1.0) * float(t.lr_factor)
   decay = optax.piecewise_constant_schedule(lr, boundaries)
-  warmup = int(math.ceil(float(t.warmup_epochs) * updates_per_epoch))
   if warmup <= 0:
     return decay
   # Linear from lr / warmup to lr over `warmup` updates, then the step decay (its

@@ -55,6 +55,25 @@ def test_warmup_ramps_then_keeps_epoch_boundaries():
   np.testing.assert_allclose(float(sched(2000)), 1e-4, rtol=1e-6)
 
 
+def test_cosine_decays_to_zero_after_the_warmup():
+  """Half a cosine over the updates after the warm-up: lr at its start, lr/2 half way,
+  0 at the run's last update (textbook formula lr * (1 + cos(pi * t / T)) / 2)."""
+  c = _cfg(lr_schedule='cosine', warmup_epochs=1.0, num_steps=110)
+  sched = optim.learning_rate_schedule(c, 10)
+  np.testing.assert_allclose(float(sched(0)), 1e-4, rtol=1e-6)
+  for t in (0, 25, 50, 75, 100):
+    want = 1e-3 * (1 + np.cos(np.pi * t / 100)) / 2
+    np.testing.assert_allclose(float(sched(10 + t)), want, rtol=1e-5, atol=1e-12)
+  lrs = [float(sched(u)) for u in range(10, 111)]
+  assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_unknown_schedule_is_refused_naming_the_field():
+  c = _cfg(lr_schedule='linear')
+  with pytest.raises(config_lib.ConfigError, match='train.lr_schedule'):
+    config_lib.validate(c)
+
+
 def test_adam_matches_textbook_update_and_clip_and_accumulation():
   params = {'w': jnp.array([1.0, -2.0])}
   grads = {'w': jnp.array([3.0, 4.0])}
