@@ -4,10 +4,11 @@ Each (config, batch, size) runs in its own process so peak RSS belongs to that r
 
   python bench/train_step.py                       # tiny@128 b2 and W32@256 b2
   python bench/train_step.py --runs tiny:2:128,w32_512:2:512 --steps 5 --json
+  python bench/train_step.py --runs quickstart:16:128 --set 'model.deconv.num_channels=(24,)'
 
 Prints a table; with --json, one JSON object per run follows (one per line, the last
 line being the last run's), with config, batch, input, steps_per_s, samples_per_s,
-compile_s, init_s, peak_rss_mb, device.
+compile_s, init_s, peak_rss_mb, overrides, device.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def child(name: str, batch: int, size: int, steps: int, dtype: str,
       'steps_per_s': steps / dt, 'samples_per_s': steps * batch / dt, 'step_ms': 1000 * dt / steps,
       'compile_s': compile_s, 'init_s': init_s, 'peak_rss_mb': peak_kb / 1024.0,
       'params': state_lib.param_count(state.params), 'loss': float(m['loss']),
-      'overrides': overrides, 'device': f'{jax.devices()[0].platform}:{len(jax.devices())}', 'cpu_count': os.cpu_count(),
+      'overrides': overrides, 'device': f'{jax.devices()[0].platform}:{len(jax.devices())}',
+      'cpu_count': os.cpu_count(),
   }
 
 
