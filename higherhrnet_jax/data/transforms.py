@@ -293,10 +293,10 @@ def make_train_sample(image_rgb_uint8: np.ndarray, joints: np.ndarray, mask: np.
   """
   a = augment(image_rgb_uint8, joints, mask, draws, c, flip_image=False)
   out = {'image': normalize_flip(a['image'], draws.flip)}
+  draw = targets.subpixel_heatmaps if c.codec == 'dark' else targets.heatmaps
   for s, res in enumerate(c.output_size):
     j = a[f'joints_xy_{s}']
     sigma = targets.person_sigmas(j, c.sigma, c.scale_aware_sigma)
-    draw = targets.subpixel_heatmaps if c.codec == 'dark' else targets.heatmaps
     out[f'heatmaps_{s}'] = draw(j, res, sigma)
     out[f'masks_{s}'] = a[f'mask_{s}']
     out[f'joints_{s}'] = targets.joint_indices(j, res, c.max_num_people, c.tag_per_joint)
