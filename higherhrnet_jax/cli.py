@@ -22,13 +22,13 @@ _log = logging.getLogger(__name__)
 
 
 def run_eval(config, checkpoint: str, output: str, *, max_images: int = 0, batch_size: int = 0,
-             render: int = 8) -> dict:
+             render: int = 8, average: bool = True) -> dict:
   """Evaluates `checkpoint` on the test split of a validated `config`; prints, writes metrics.
 
   In a multi-process job every process evaluates its share of the images; process 0 prints
   and writes.
   """
-  predictor = runner.make_predictor(config, weights.load(checkpoint, config.model))
+  predictor = runner.make_predictor(config, weights.load(checkpoint, config.model, average=average))
   metrics = runner.evaluate_any(predictor, config, out_dir=output, max_images=max_images,
                                 batch_size=batch_size, render=render, progress=sys.stderr.isatty())
   if distributed.is_chief():

@@ -1,7 +1,8 @@
 """Where model variables come from: one priority order for evaluation and training.
 
 1. an official pose checkpoint (`.pth` or `.npz` state dict of the whole network);
-2. a training run directory (orbax: its best checkpoint by AP, else its newest readable one);
+2. a training run directory (orbax: its best checkpoint by AP, else its newest readable one;
+   the weight average where the run kept one);
 3. an ImageNet backbone state dict (`.pth`/`.npz` without the pose head), merged into the
    freshly initialised variables the caller passes (training only: the head stays random).
 """
@@ -20,7 +21,7 @@ _log = logging.getLogger(__name__)
 
 def load(source: str | pathlib.Path, model_config: Mapping[str, Any], *,
          init: Mapping[str, Any] | None = None,
-         backbone_layers: Sequence[str] = ('*',)) -> dict[str, Any]:
+         backbone_layers: Sequence[str] = ('*',), average: bool = True) -> dict[str, Any]:
   """Model variables (`params`, `batch_stats`) from `source` (see the module docstring).
 
   Args:
@@ -28,6 +29,7 @@ def load(source: str | pathlib.Path, model_config: Mapping[str, Any], *,
     model_config: `config.model` (the layout the variables must have).
     init: initialised variables; required to accept a backbone-only state dict.
     backbone_layers: `model.pretrained_layers`, the backbone layers to take ('*': all).
+    average: from a run directory, its weight average when kept (False: current weights).
 
   Raises:
     FileNotFoundError: `source` does not exist.
@@ -38,7 +40,7 @@ def load(source: str | pathlib.Path, model_config: Mapping[str, Any], *,
   if path.is_dir():
     from higherhrnet_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
 
-    return checkpoint.restore_variables(path)
+    return checkpoint.restore_variables(path, average=average)
   if not path.is_file():
     raise FileNotFoundError(f'weights not found: {path}')
   state = convert.read_state_dict(path)

@@ -29,6 +29,8 @@ _OUTPUT = flags.DEFINE_string('output', 'runs/eval', 'Where results and metrics 
 _MAX_IMAGES = flags.DEFINE_integer('max_images', 0, 'Evaluate the first N images only (0: all).')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'HigherHRNet: images per device batch (0: config.test.batch_size); top-down models batch crops by --config.test.batch_size.')
 _RENDER = flags.DEFINE_integer('render', 8, 'Pictures with drawn predictions to write.')
+_AVERAGE = flags.DEFINE_bool('average', True, "A run directory's weight average when it kept one "
+                             '(train.ema_decay); --noaverage: its current weights.')
 
 
 def main(argv: list[str]) -> None:
@@ -36,7 +38,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   apps.initialize_runtime()  # before any JAX computation
   cli.run_eval(config_lib.validate(_CONFIG.value), _CHECKPOINT.value, _OUTPUT.value,
-               max_images=_MAX_IMAGES.value, batch_size=_BATCH.value, render=_RENDER.value)
+               max_images=_MAX_IMAGES.value, batch_size=_BATCH.value, render=_RENDER.value,
+               average=_AVERAGE.value)
 
 
 def run() -> None:

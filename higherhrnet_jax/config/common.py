@@ -101,6 +101,9 @@ def train_block(**overrides) -> ConfigDict:
       wd=1e-4,  # SGD only, as the official trainers (their Adam ignores it)
       grad_clip_norm=0.0,  # 0 disables
       grad_accum_steps=1,
+      # > 0: keep an exponential moving average of the weights (decay per update, ramped
+      # from 0.1 as (1 + n) / (10 + n)); evaluation, the best checkpoint and export use it.
+      ema_decay=0.0,
       shard_params=False,  # FSDP-style sharding of params/optimizer over 'data'
       per_device_batch_norm=False,  # official per-GPU BN statistics
       log_every_steps=100,
@@ -140,3 +143,5 @@ def validate_common(c: ConfigDict) -> None:
   require(c.train.optimizer in ('adam', 'adamw', 'sgd'), 'train.optimizer', 'adam | adamw | sgd')
   require(c.train.lr_schedule in ('step', 'cosine'), 'train.lr_schedule',
           f"'step' or 'cosine', got {c.train.lr_schedule!r}")
+  require(0.0 <= c.train.ema_decay < 1.0, 'train.ema_decay',
+          f'must be in [0, 1) (0 disables the average), got {c.train.ema_decay}')

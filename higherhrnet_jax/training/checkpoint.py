@@ -1,7 +1,7 @@
 """Preemption-safe checkpoints with orbax: periodic async saves, last N + best-by-AP, resume.
 
 Layout under the work directory:
-  checkpoints/<step>/state  the TrainState (params, batch_stats, opt_state, step, rng)
+  checkpoints/<step>/state  the TrainState (params, batch_stats, opt_state, step, rng, ema)
   checkpoints/<step>/data   every process's data iterator position (grain's handler: one
                             process_<i>-of-<n>.json each), so the resumed run reads exactly
                             the batches the uninterrupted run would have read
@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,10 @@ class Checkpointer:
         cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save,
     )
+    # Handlers named up front: the state's metadata is read before its first restore.
+    handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler()}
     self._manager = ocp.CheckpointManager(
-        self.workdir / 'checkpoints', options=options, item_names=(STATE, DATA))
+        self.workdir / 'checkpoints', options=options, item_handlers=handlers)
     best_options = ocp.CheckpointManagerOptions(
         max_to_keep=1,
         best_fn=lambda metrics: float(metrics['AP']),
@@ -133,14 +137,41 @@ class Checkpointer:
     self.wait()
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        state = self._manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
+        state = self._restore_state(step, abstract_state)
         jax.block_until_ready(state)
         return state, self._restore_position(step), step
       except Exception as e:  # orbax raises many types for damaged files
         log.warning('checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one',
                     step, self._manager.directory, type(e).__name__, str(e)[:300])
     return None
+
+  def _restore_state(self, step: int, abstract_state: Any) -> Any:
+    """The TrainState at `step`, whether or not that run kept the weight average.
+
+    `train.ema_decay` may be switched on or off between runs of one workdir (and states
+    saved before the average existed lack the field): the saved average is read only when
+    wanted, and a wanted one that was not saved restarts from the restored weights.
+    """
+    want = bool(abstract_state.ema)
+    saved = self._manager.item_metadata(step)[STATE]
+    # A saved average is a mapping of arrays; an empty one reads back as a leaf entry.
+    has = saved is not None and isinstance(saved.get('ema'), Mapping) and bool(saved['ema'])
+    fields = {f: getattr(abstract_state, f)
+              for f in ('step', 'params', 'batch_stats', 'opt_state', 'rng')}
+    if has:  # read even when unwanted: orbax restores whole trees only
+      fields['ema'] = {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats}
+    elif saved is not None and 'ema' in saved:
+      fields['ema'] = {}
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(fields)}))[STATE]
+    state = abstract_state.replace(**{f: restored[f] for f in fields if f != 'ema'}, ema={})
+    if want:
+      if not has:
+        log.warning('checkpoint %d holds no weight average: it restarts from the restored '
+                    'weights', step)
+      state = state.replace(ema=restored['ema'] if has else jax.tree.map(
+          jnp.copy, {'params': state.params, 'batch_stats': state.batch_stats}))
+    return state
 
   def _restore_position(self, step: int) -> Any:
     """This process's iterator position, or process 0's when another job size saved it.
@@ -173,15 +204,17 @@ class Checkpointer:
     self._best.close()
 
 
-def restore_variables(workdir: str | pathlib.Path) -> dict:
+def restore_variables(workdir: str | pathlib.Path, average: bool = True) -> dict:
   """Model variables (`params`, `batch_stats`) of a run, for evaluation and export.
 
-  Takes the best-by-AP checkpoint if the run has one, else the newest readable one. No
+  Takes the best-by-AP checkpoint if the run has one, else the newest readable one, and
+  its weight average when the run kept one (`train.ema_decay`), as training evaluated. No
   optimizer or model code is needed: the saved tree is read as plain arrays, whatever
   device layout wrote it (a pod slice's FSDP-sharded run restores on one GPU or CPU).
 
   Args:
     workdir: the training run directory (or its `checkpoints` / `best` folder).
+    average: False reads the current weights even where an average was kept.
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` as numpy arrays.
@@ -201,9 +234,12 @@ def restore_variables(workdir: str | pathlib.Path) -> dict:
         except Exception as e:  # orbax raises many types for damaged files
           log.warning('checkpoint %s/%d is unreadable (%s); trying the previous one', path, step, e)
           continue
-        log.info('restored variables from %s/%d', path, step)
-        return {'params': jax.device_get(restored['params']),
-                'batch_stats': jax.device_get(restored['batch_stats'])}
+        source = restored.get('ema') if average else None
+        source = source or restored
+        log.info('restored %svariables from %s/%d', 'averaged ' if source is not restored else '',
+                 path, step)
+        return {'params': jax.device_get(source['params']),
+                'batch_stats': jax.device_get(source['batch_stats'])}
   raise FileNotFoundError(f'no readable checkpoint under {workdir} (looked in best/ and checkpoints/)')
 
 

@@ -134,8 +134,7 @@ def _evaluate(evaluate_fn: EvaluateFn, state: state_lib.TrainState, step: int,
   """
   try:
     # Host copies: the evaluator runs on this process's devices, not the training mesh.
-    return dict(evaluate_fn(distributed.fetch({'params': state.params,
-                                                'batch_stats': state.batch_stats})))
+    return dict(evaluate_fn(distributed.fetch(state.eval_variables())))
   except Exception as e:  # pylint: disable=broad-except
     log.exception('evaluation at step %d failed; training goes on', step)
     if log_lib.is_chief():
@@ -163,8 +162,8 @@ def train(
     model: defaults to `models.build(config.model)`.
     data_fn: defaults to `make_train_data`.
     evaluate_fn: `evaluate_fn({'params', 'batch_stats'}) -> {'AP': ..., ...}`, called every
-      `train.eval_every_epochs` epochs and at the end (after that step is saved); AP selects
-      the best checkpoint. An exception in it is recorded in `eval_failures.jsonl`, not raised.
+      `train.eval_every_epochs` epochs and at the end (after that step is saved) with the
+      weight average when one is kept; AP selects the best checkpoint. An exception in it is recorded in `eval_failures.jsonl`, not raised.
     step_hooks: `hook(step, metrics)` after every step (host floats), e.g. for tests.
     mesh: defaults to all devices of all processes.
 
@@ -195,7 +194,8 @@ def train(
   size = config.data.input_size  # HigherHRNet: a square side; top-down: (height, width)
   h, w = (size, size) if isinstance(size, int) else size
   state, shardings = state_lib.create_train_state(
-      model, tx, jax.random.PRNGKey(config.seed), (1, h, w, 3), mesh, t.shard_params)
+      model, tx, jax.random.PRNGKey(config.seed), (1, h, w, 3), mesh, t.shard_params,
+      ema=t.ema_decay > 0)
   train_step = step_lib.make_train_step(model, tx, config, mesh, shardings, schedule)
 
   ckpt = ckpt_lib.Checkpointer(workdir, keep=t.keep_checkpoints, every_steps=t.checkpoint_every_steps)
@@ -209,9 +209,8 @@ def train(
     start = 0
     variables = _initial_variables(config, state)
     if variables is not None:
-      state = state.replace(
-          params=jax.device_put(variables['params'], shardings.params),
-          batch_stats=jax.device_put(variables['batch_stats'], shardings.batch_stats))
+      state = state.with_variables(jax.device_put(variables['params'], shardings.params),
+                                   jax.device_put(variables['batch_stats'], shardings.batch_stats))
     if log_lib.is_chief():
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   log.info('%d parameters, global batch %d (x%d accumulation), %d steps/epoch, %d steps, '

@@ -15,7 +15,10 @@ Batch-size bookkeeping, stated once because the official recipe never stated it:
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -125,3 +128,17 @@ def make_optimizer(
   if t.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=int(t.grad_accum_steps))
   return tx, schedule
+
+
+def ema_decay(decay: float, updates: Any) -> Any:
+  """The averaging decay after `updates` optimizer updates: `min(decay, (1 + n) / (10 + n))`.
+
+  The ramp (as TensorFlow's `ExponentialMovingAverage` with `num_updates`) keeps the random
+  init from dominating the average of a short run: early updates weigh almost fully.
+  """
+  return jnp.minimum(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def update_ema(ema: Any, current: Any, decay: Any) -> Any:
+  """`decay * ema + (1 - decay) * current`, leaf by leaf (same tree structure)."""
+  return jax.tree.map(lambda e, c: decay * e + (1.0 - decay) * c.astype(e.dtype), ema, current)

@@ -30,6 +30,8 @@ class TrainState:
     batch_stats: BatchNorm running statistics.
     opt_state: optax state.
     rng: base PRNG key (raw uint32[2]); per-step keys are `fold_in(rng, step)`.
+    ema: `{'params', 'batch_stats'}` averaged over updates (`train.ema_decay` > 0), or
+      `{}`; when present it is what evaluation, the best checkpoint and export use.
   """
 
   step: jax.Array
@@ -37,6 +39,18 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  ema: Any = flax.struct.field(default_factory=dict)
+
+  def eval_variables(self) -> dict[str, Any]:
+    """The variables to evaluate: the weight average when kept, else the current ones."""
+    if self.ema:
+      return {'params': self.ema['params'], 'batch_stats': self.ema['batch_stats']}
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+  def with_variables(self, params: Any, batch_stats: Any) -> TrainState:
+    """New current weights (e.g. pretrained ones); a kept average restarts from them."""
+    ema = {'params': params, 'batch_stats': batch_stats} if self.ema else {}
+    return self.replace(params=params, batch_stats=batch_stats, ema=ema)
 
 
 def create_train_state(
@@ -46,6 +60,7 @@ def create_train_state(
     input_shape: tuple[int, ...],
     mesh: Mesh,
     shard_params: bool = False,
+    ema: bool = False,
 ) -> tuple[TrainState, Any]:
   """Creates the state directly in its final sharding.
 
@@ -63,6 +78,7 @@ def create_train_state(
     input_shape: `[B, H, W, 3]` used to trace the variable shapes (B = 1 is enough).
     mesh: the training mesh.
     shard_params: FSDP-style sharding of params and optimizer state.
+    ema: also keep a weight average (`TrainState.ema`), starting at the init.
 
   Returns:
     `(state, shardings)`, `shardings` being the TrainState-shaped tree of NamedShardings.
@@ -78,6 +94,8 @@ def create_train_state(
   host = TrainState(step=np.zeros((), np.int32), params=host['params'],
                     batch_stats=host.get('batch_stats', {}), opt_state=None,
                     rng=np.asarray(state_rng))
+  if ema:
+    host = host.replace(ema={'params': host.params, 'batch_stats': host.batch_stats})
   abstract = jax.eval_shape(lambda s: s.replace(opt_state=tx.init(s.params)), host)
   shardings = sharding_lib.state_shardings(abstract, mesh, shard_params)
 

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from higherhrnet_jax import collectives, losses
 from higherhrnet_jax.topdown import loss as topdown_loss
-from higherhrnet_jax.training import sharding as sharding_lib
+from higherhrnet_jax.training import optim, sharding as sharding_lib
 from higherhrnet_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -138,8 +138,15 @@ def make_train_step(
     metrics = {'loss': total, **terms, 'grad_norm': optax.tree.norm(grads)}
     if schedule is not None:
       metrics['lr'] = jnp.asarray(schedule(state.step // accum), jnp.float32)
+    ema = state.ema
+    if ema:
+      # Average the weights an update produced; micro-steps of an accumulation leave them.
+      updates_done = (state.step + 1) // accum
+      decay = optim.ema_decay(float(config.train.ema_decay), updates_done.astype(jnp.float32))
+      decay = jnp.where((state.step + 1) % accum == 0, decay, 1.0)
+      ema = optim.update_ema(ema, {'params': params, 'batch_stats': new_stats}, decay)
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state
+        step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state, ema=ema
     )
     return new_state, metrics
 
