@@ -163,7 +163,8 @@ def train(
     data_fn: defaults to `make_train_data`.
     evaluate_fn: `evaluate_fn({'params', 'batch_stats'}) -> {'AP': ..., ...}`, called every
       `train.eval_every_epochs` epochs and at the end (after that step is saved) with the
-      weight average when one is kept; AP selects the best checkpoint. An exception in it is recorded in `eval_failures.jsonl`, not raised.
+      weight average when one is kept; AP selects the best checkpoint. An exception in it
+      is recorded in `eval_failures.jsonl`, not raised.
     step_hooks: `hook(step, metrics)` after every step (host floats), e.g. for tests.
     mesh: defaults to all devices of all processes.
 

@@ -11,6 +11,7 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
@@ -48,8 +49,12 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
   def with_variables(self, params: Any, batch_stats: Any) -> TrainState:
-    """New current weights (e.g. pretrained ones); a kept average restarts from them."""
-    ema = {'params': params, 'batch_stats': batch_stats} if self.ema else {}
+    """New current weights (e.g. pretrained ones); a kept average restarts from them.
+
+    The average gets its own copies: the train step donates the state, and XLA refuses to
+    donate one buffer twice.
+    """
+    ema = jax.tree.map(jnp.copy, {'params': params, 'batch_stats': batch_stats}) if self.ema else {}
     return self.replace(params=params, batch_stats=batch_stats, ema=ema)
 
 
