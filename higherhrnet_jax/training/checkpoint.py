@@ -15,6 +15,7 @@ copy) is skipped with a warning and the previous one is used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -156,8 +157,8 @@ class Checkpointer:
     saved = self._manager.item_metadata(step)[STATE]
     # A saved average is a mapping of arrays; an empty one reads back as a leaf entry.
     has = saved is not None and isinstance(saved.get('ema'), Mapping) and bool(saved['ema'])
-    fields = {f: getattr(abstract_state, f)
-              for f in ('step', 'params', 'batch_stats', 'opt_state', 'rng')}
+    fields = {f.name: getattr(abstract_state, f.name)
+              for f in dataclasses.fields(abstract_state) if f.name != 'ema'}
     if has:  # read even when unwanted: orbax restores whole trees only
       fields['ema'] = {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats}
     elif saved is not None and 'ema' in saved:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -78,25 +77,24 @@ def learning_rate_schedule(
   t = config.train
   lr = base_learning_rate(config)
   warmup = int(math.ceil(float(t.warmup_epochs) * updates_per_epoch))
+  # `decay` counts the updates after the warm-up.
   if t.lr_schedule == 'cosine':
-    decay_updates = max(1, total_updates(config, updates_per_epoch) - warmup)
-    decay = optax.cosine_decay_schedule(lr, decay_updates)
-    if warmup <= 0:
-      return decay
-    ramp = optax.linear_schedule(lr / warmup, lr, warmup)
-    return optax.join_schedules([ramp, decay], [warmup])
-  boundaries = {}
-  for epoch in t.lr_step:
-    b = int(round((epoch - t.begin_epoch) * updates_per_epoch))
-    if b > 0:
-      boundaries[b] = boundaries.get(b, 1.0) * float(t.lr_factor)
-  decay = optax.piecewise_constant_schedule(lr, boundaries)
+    decay = optax.cosine_decay_schedule(
+        lr, max(1, total_updates(config, updates_per_epoch) - warmup))
+  else:
+    boundaries = {}
+    for epoch in t.lr_step:
+      b = int(round((epoch - t.begin_epoch) * updates_per_epoch))
+      if b > 0:
+        boundaries[b] = boundaries.get(b, 1.0) * float(t.lr_factor)
+    steps = optax.piecewise_constant_schedule(lr, boundaries)
+    # Its boundaries count from update 0, so epochs keep their meaning.
+    decay = lambda c: steps(c + warmup)
   if warmup <= 0:
     return decay
-  # Linear from lr / warmup to lr over `warmup` updates, then the step decay (its
-  # boundaries still count from update 0, so epochs keep their meaning).
+  # Linear from lr / warmup to lr over `warmup` updates, then the decay.
   ramp = optax.linear_schedule(lr / warmup, lr, warmup)
-  return lambda count: optax.join_schedules([ramp, lambda c: decay(c + warmup)], [warmup])(count)
+  return optax.join_schedules([ramp, decay], [warmup])
 
 
 def make_optimizer(
@@ -137,8 +135,3 @@ def ema_decay(decay: float, updates: Any) -> Any:
   init from dominating the average of a short run: early updates weigh almost fully.
   """
   return jnp.minimum(decay, (1.0 + updates) / (10.0 + updates))
-
-
-def update_ema(ema: Any, current: Any, decay: Any) -> Any:
-  """`decay * ema + (1 - decay) * current`, leaf by leaf (same tree structure)."""
-  return jax.tree.map(lambda e, c: decay * e + (1.0 - decay) * c.astype(e.dtype), ema, current)

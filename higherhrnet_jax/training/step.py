@@ -144,7 +144,7 @@ def make_train_step(
       updates_done = (state.step + 1) // accum
       decay = optim.ema_decay(float(config.train.ema_decay), updates_done.astype(jnp.float32))
       decay = jnp.where((state.step + 1) % accum == 0, decay, 1.0)
-      ema = optim.update_ema(ema, {'params': params, 'batch_stats': new_stats}, decay)
+      ema = optax.incremental_update({'params': params, 'batch_stats': new_stats}, ema, 1.0 - decay)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state, ema=ema
     )
