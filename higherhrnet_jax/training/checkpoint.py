@@ -160,7 +160,7 @@ class Checkpointer:
     fields = {f.name: getattr(abstract_state, f.name)
               for f in dataclasses.fields(abstract_state) if f.name != 'ema'}
     if has:  # read even when unwanted: orbax restores whole trees only
-      fields['ema'] = {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats}
+      fields['ema'] = abstract_state.variables()
     elif saved is not None and 'ema' in saved:
       fields['ema'] = {}
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
@@ -170,8 +170,8 @@ class Checkpointer:
       if not has:
         log.warning('checkpoint %d holds no weight average: it restarts from the restored '
                     'weights', step)
-      state = state.replace(ema=restored['ema'] if has else jax.tree.map(
-          jnp.copy, {'params': state.params, 'batch_stats': state.batch_stats}))
+      ema = restored['ema'] if has else jax.tree.map(jnp.copy, state.variables())
+      state = state.replace(ema=ema)
     return state
 
   def _restore_position(self, step: int) -> Any:

@@ -82,7 +82,7 @@ def _initial_variables(config: ml_collections.ConfigDict, state: state_lib.Train
     return None
   from higherhrnet_jax import weights  # pylint: disable=g-import-not-at-top
 
-  current = distributed.fetch({'params': state.params, 'batch_stats': state.batch_stats})
+  current = distributed.fetch(state.variables())
   return weights.load(config.model.pretrained, config.model, init=current,
                       backbone_layers=config.model.pretrained_layers)
 

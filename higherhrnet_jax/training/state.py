@@ -42,11 +42,13 @@ class TrainState:
   rng: jax.Array
   ema: Any = flax.struct.field(default_factory=dict)
 
+  def variables(self) -> dict[str, Any]:
+    """The current weights as model variables (`{'params', 'batch_stats'}`)."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
   def eval_variables(self) -> dict[str, Any]:
     """The variables to evaluate: the weight average when kept, else the current ones."""
-    if self.ema:
-      return {'params': self.ema['params'], 'batch_stats': self.ema['batch_stats']}
-    return {'params': self.params, 'batch_stats': self.batch_stats}
+    return dict(self.ema) if self.ema else self.variables()
 
   def with_variables(self, params: Any, batch_stats: Any) -> TrainState:
     """New current weights (e.g. pretrained ones); a kept average restarts from them.
@@ -100,7 +102,7 @@ def create_train_state(
                     batch_stats=host.get('batch_stats', {}), opt_state=None,
                     rng=np.asarray(state_rng))
   if ema:
-    host = host.replace(ema={'params': host.params, 'batch_stats': host.batch_stats})
+    host = host.replace(ema=host.variables())
   abstract = jax.eval_shape(lambda s: s.replace(opt_state=tx.init(s.params)), host)
   shardings = sharding_lib.state_shardings(abstract, mesh, shard_params)
 
